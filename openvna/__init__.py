@@ -1,0 +1,3 @@
+"""OpenVNA: an open-source, AI-native vendor-neutral medical image archive."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,232 @@
+"""The one ingest path (ARCHITECTURE.md property 1).
+
+C-STORE, STOW-RS, ``openvna import`` and every later producer hand a file to
+:meth:`Ingestor.ingest_file`. The order is fixed: read and validate the header (never
+the pixels), write the canonical Part 10 file to storage (temp file, fsync, rename,
+fsync directory), commit the index row, and only then return, so the caller's success
+answer always refers to bytes that survive a crash. The stored file gets a fresh File
+Meta Information group (zero preamble, our Implementation Class UID): the received data
+set bytes follow unchanged, so retrieval returns exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+
+from openvna import __version__
+from openvna.archive.dicomjson import dataset_to_json
+from openvna.archive.events import EventBus, InstanceStored
+from openvna.archive.header import InstanceHeader, read_header
+from openvna.config import IngestSettings
+from openvna.errors import (
+    DuplicateInstanceError,
+    InstanceTooLargeError,
+    InvalidInstanceError,
+    MissingAttributeError,
+    OpenVNAError,
+    OutOfResourcesError,
+)
+from openvna.index.repository import IndexRepository, InstanceRecord, StoreOutcome
+from openvna.storage.base import PendingWrite, Storage
+
+logger = logging.getLogger(__name__)
+
+IMPLEMENTATION_CLASS_UID = "2.25.160178458123429914389315417287013519843"
+IMPLEMENTATION_VERSION_NAME = f"OPENVNA_{__version__.replace('.', '')}"[:16]
+_COPY_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who sent the instance and how (recorded in the index, used by audit later)."""
+
+    protocol: str
+    calling_aet: str = ""
+    remote_address: str = ""
+
+
+@dataclass(frozen=True)
+class ExpectedIdentity:
+    """What the transport said the instance is (C-STORE Affected SOP Class/Instance UID)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    outcome: StoreOutcome
+    storage_key: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+class Ingestor:
+    """Validates, stores and indexes instances; emits ``InstanceStored``."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        repository: IndexRepository,
+        bus: EventBus,
+        settings: IngestSettings,
+    ) -> None:
+        self._storage = storage
+        self._repository = repository
+        self._bus = bus
+        self._settings = settings
+
+    def ingest_file(
+        self,
+        source: BinaryIO,
+        *,
+        origin: Origin,
+        expected: ExpectedIdentity | None = None,
+    ) -> IngestResult:
+        """Store the instance in ``source`` (a seekable binary file) durably.
+
+        Raises
+        ------
+        OpenVNAError
+            A subclass naming what was wrong, carrying its DICOM and HTTP status;
+            ``DuplicateInstanceError`` is a warning (the archive already holds that UID).
+        """
+        size = _size_of(source)
+        if size > self._settings.max_dataset_bytes:
+            raise InstanceTooLargeError(
+                f"instance of {size} bytes exceeds the limit of "
+                f"{self._settings.max_dataset_bytes} bytes"
+            )
+        header = read_header(source)
+        if expected is not None:
+            _check_expected(header, expected)
+        try:
+            header_json = dataset_to_json(header.dataset)
+        except (ValueError, TypeError, KeyError) as error:
+            raise InvalidInstanceError(f"unreadable attribute value: {error}") from error
+
+        pending = self._storage.begin_write()
+        try:
+            _write_canonical_file(pending, source, header)
+            stored = pending.commit()
+        except OpenVNAError:
+            pending.discard()
+            raise
+        except OSError as error:
+            pending.discard()
+            raise OutOfResourcesError(f"could not read or store the instance: {error}") from error
+
+        record = InstanceRecord(
+            header=header_json,
+            header_text=json.dumps(header_json, separators=(",", ":"), ensure_ascii=False),
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            stored=stored,
+            calling_aet=origin.calling_aet,
+            received_at=time.time(),
+        )
+        try:
+            result = self._repository.store_instance(record, self._settings.duplicate_policy)
+        except Exception as error:
+            self._storage.delete(stored.key)
+            raise OutOfResourcesError(f"index update failed: {error}") from error
+        if result.obsolete_key is not None:
+            self._storage.delete(result.obsolete_key)
+
+        if result.outcome is StoreOutcome.DUPLICATE_REJECTED:
+            raise DuplicateInstanceError(
+                f"SOP Instance {header.sop_instance_uid} is already stored with different "
+                "content; the stored instance was kept (duplicate policy: reject)"
+            )
+        kept_key = None if result.outcome is StoreOutcome.DUPLICATE_SAME else stored.key
+        if kept_key is not None:
+            self._bus.publish(
+                InstanceStored(
+                    study_instance_uid=header.study_instance_uid,
+                    series_instance_uid=header.series_instance_uid,
+                    sop_instance_uid=header.sop_instance_uid,
+                    sop_class_uid=header.sop_class_uid,
+                    storage_key=kept_key,
+                    calling_aet=origin.calling_aet,
+                    outcome=result.outcome.value,
+                )
+            )
+        return IngestResult(
+            sop_class_uid=header.sop_class_uid,
+            sop_instance_uid=header.sop_instance_uid,
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            outcome=result.outcome,
+            storage_key=kept_key,
+            warnings=list(header.warnings),
+        )
+
+
+def _size_of(source: BinaryIO) -> int:
+    try:
+        return os.fstat(source.fileno()).st_size
+    except (AttributeError, OSError):
+        position = source.tell()
+        source.seek(0, os.SEEK_END)
+        size = source.tell()
+        source.seek(position)
+        return size
+
+
+def _check_expected(header: InstanceHeader, expected: ExpectedIdentity) -> None:
+    if expected.sop_instance_uid and expected.sop_instance_uid != header.sop_instance_uid:
+        raise MissingAttributeError(
+            "Affected SOP Instance UID of the request does not match the data set's SOPInstanceUID"
+        )
+    if expected.sop_class_uid and expected.sop_class_uid != header.sop_class_uid:
+        raise MissingAttributeError(
+            "Affected SOP Class UID of the request does not match the data set's SOPClassUID"
+        )
+
+
+def canonical_file_meta(header: InstanceHeader) -> bytes:
+    """Preamble, 'DICM' and a File Meta group of our own (PS3.10 7.1)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(header.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(header.sop_instance_uid)
+    meta.TransferSyntaxUID = UID(header.transfer_syntax_uid)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return b"\x00" * 128 + b"DICM" + buffer.getvalue()
+
+
+def _write_canonical_file(pending: PendingWrite, source: BinaryIO, header: InstanceHeader) -> None:
+    pending.write(canonical_file_meta(header))
+    source.seek(header.dataset_offset)
+    while chunk := source.read(_COPY_CHUNK):
+        pending.write(chunk)
+
+
+__all__ = [
+    "ExpectedIdentity",
+    "IngestResult",
+    "Ingestor",
+    "Origin",
+]

@@ -1,0 +1,170 @@
+"""Typed settings, built once at start-up and passed down (ARCHITECTURE.md property 9).
+
+Sources, lowest priority first: defaults, a TOML file (``--config``), ``OPENVNA_*``
+environment variables (nested with ``__``, e.g. ``OPENVNA_DIMSE__PORT``), then explicit
+keyword arguments (the CLI flags). No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class DuplicatePolicy(StrEnum):
+    """What to do when a SOP Instance UID arrives again with different bytes."""
+
+    REJECT = "reject"
+    OVERWRITE = "overwrite"
+    KEEP_BOTH = "keep-both"
+
+
+class PeerConfig(BaseModel):
+    """A remote DICOM application entity (destination of C-MOVE, allowed caller)."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class DimseSettings(BaseModel):
+    """DICOM upper-layer listener settings."""
+
+    ae_title: str = "OPENVNA"
+    port: int = Field(default=11112, ge=0, le=65535)
+    max_pdu: int = Field(default=65536, ge=4096)
+    max_associations: int = Field(default=32, ge=1)
+    network_timeout: float = 60.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    peers: list[PeerConfig] = Field(default_factory=list)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        stripped = value.strip()
+        if not 1 <= len(stripped) <= 16 or "\\" in stripped:
+            raise ValueError("an AE title is 1 to 16 characters without backslash")
+        return stripped
+
+
+class HttpSettings(BaseModel):
+    """HTTP listener settings (DICOMweb and REST come with the web adapter)."""
+
+    port: int = Field(default=8042, ge=0, le=65535)
+
+
+class IngestSettings(BaseModel):
+    """Rules applied by the one ingest path."""
+
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT
+    max_dataset_bytes: int = Field(default=2 * 1024**3, ge=1024)
+
+
+class Settings(BaseSettings):
+    """Everything OpenVNA needs to know to start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OPENVNA_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the index; default: SQLite file in the data dir",
+    )
+    stable_after: float = Field(
+        default=60.0, ge=0, description="seconds of quiet before a study is stable"
+    )
+    sqlite_synchronous: str = Field(default="FULL", pattern="^(FULL|NORMAL|EXTRA)$")
+    dimse: DimseSettings = Field(default_factory=DimseSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _TOML_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @property
+    def index_url(self) -> str:
+        """The index database URL, defaulting to a SQLite file under the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def peers_file(self) -> Path:
+        """Peers added at run time by ``openvna peers add`` (merged with ``dimse.peers``)."""
+        return self.data_dir / "peers.json"
+
+
+# Which TOML file the next Settings() reads: pydantic-settings asks the class, not the
+# instance, for its sources, so ``load_settings`` sets this just for the one construction.
+_TOML_FILE: dict[str, Path | None] = {"path": None}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from defaults, ``config_file``, environment and ``overrides``.
+
+    ``overrides`` with value ``None`` are ignored so that CLI options left unset do not
+    mask the file or the environment. Dotted keys (``dimse.port``) set nested values.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"configuration file not found: {config_file}")
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        target = nested
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    _TOML_FILE["path"] = config_file
+    try:
+        return _merge_nested(nested)
+    finally:
+        _TOML_FILE["path"] = None
+
+
+def _merge_nested(nested: dict[str, Any]) -> Settings:
+    """Construct Settings so nested CLI overrides merge with, not replace, file sections."""
+    base = Settings()
+    if not nested:
+        return base
+    merged = base.model_dump()
+    _deep_update(merged, nested)
+    return Settings.model_validate(merged)
+
+
+def _deep_update(target: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value

@@ -1,0 +1,101 @@
+"""Sending stored instances as a C-STORE SCU, byte for byte and without decoding.
+
+pynetdicom's retrieve machinery only accepts ``Dataset`` objects from a C-GET/C-MOVE
+handler and would decode and re-encode each one. :class:`StoredInstanceRef` is a
+``Dataset`` that only carries the identity of a stored file; :func:`install_raw_send`
+wraps ``Association.send_c_store`` so that such a reference is sent from its file in
+chunks (``STORE_SEND_CHUNKED_DATASET``): the data set bytes go out exactly as stored.
+When the peer accepted no presentation context with the stored transfer syntax, the
+file is decoded and pynetdicom converts between the uncompressed syntaxes.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
+from pynetdicom import _config
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.transport import AssociationSocket
+
+from openvna.index.search import RetrievableInstance
+
+logger = logging.getLogger(__name__)
+
+UNCOMPRESSED_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+
+class StoredInstanceRef(Dataset):
+    """A stored instance to send: its identity, and the path of its Part 10 file."""
+
+    def __init__(self, instance: RetrievableInstance, path: str) -> None:
+        super().__init__()
+        self.SOPClassUID = instance.sop_class_uid
+        self.SOPInstanceUID = instance.sop_instance_uid
+        self.file_meta = FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = UID(instance.transfer_syntax_uid)
+        self.openvna_path = path
+
+
+_installed = False
+
+
+def install_raw_send() -> None:
+    """Patch pynetdicom once per process (idempotent); see the module docstring."""
+    global _installed
+    if _installed:
+        return
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    original = Association.send_c_store
+
+    def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(dataset, StoredInstanceRef):
+            try:
+                return original(self, dataset.openvna_path, *args, **kwargs)
+            except ValueError:
+                # No context with the stored transfer syntax: decode and let pynetdicom
+                # convert (uncompressed) or decompress first (compressed stored data).
+                decoded = dcmread(dataset.openvna_path)
+                if decoded.file_meta.TransferSyntaxUID.is_compressed:
+                    decoded.decompress()
+                return original(self, decoded, *args, **kwargs)
+        return original(self, dataset, *args, **kwargs)
+
+    Association.send_c_store = send_c_store  # type: ignore[method-assign]
+
+    original_create_socket = AssociationSocket._create_socket
+
+    def create_socket(self: AssociationSocket, address: Any) -> socket.socket:
+        sock = original_create_socket(self, address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    AssociationSocket._create_socket = create_socket  # type: ignore[method-assign]
+    _installed = True
+
+
+def contexts_for(instances: Iterable[RetrievableInstance]) -> list[PresentationContext]:
+    """Presentation contexts for sending ``instances`` as they are stored.
+
+    Each stored transfer syntax gets a context of its own, so the peer can accept it
+    exactly instead of choosing a syntax that forces a conversion; one more context per
+    SOP class offers the uncompressed syntaxes as a fallback. At most 128 contexts fit an
+    association (PS3.8 9.3.2.2: odd IDs 1-255).
+    """
+    pairs: dict[str, list[str]] = {}
+    for instance in instances:
+        stored = pairs.setdefault(instance.sop_class_uid, [])
+        if instance.transfer_syntax_uid not in stored:
+            stored.append(instance.transfer_syntax_uid)
+    contexts: list[PresentationContext] = []
+    for sop_class, syntaxes in pairs.items():
+        for syntax in syntaxes:
+            contexts.append(build_context(sop_class, [syntax]))
+        contexts.append(build_context(sop_class, list(UNCOMPRESSED_SYNTAXES)))
+    return contexts[:128]

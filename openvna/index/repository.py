@@ -1,0 +1,343 @@
+"""Writes to the index: one transaction per stored instance.
+
+All SQL that changes the index lives here (ARCHITECTURE.md property 3). The duplicate
+decision is made inside the transaction that would insert the row, so two associations
+sending the same SOP Instance UID at once cannot both win.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, CursorResult, Engine, String, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from openvna.archive.attributes import (
+    INDEXED_ATTRIBUTES,
+    Level,
+    column_value,
+    normalize_person_name,
+)
+from openvna.config import DuplicatePolicy
+from openvna.index.schema import archive_state, instances, patients, series, studies
+from openvna.storage.base import StoredObject
+
+
+class StoreOutcome(StrEnum):
+    STORED = "stored"
+    DUPLICATE_SAME = "duplicate-same"
+    DUPLICATE_REJECTED = "duplicate-rejected"
+    OVERWRITTEN = "overwritten"
+    NEW_VERSION = "new-version"
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """Everything the index keeps about one stored instance."""
+
+    header: dict[str, Any]
+    header_text: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    stored: StoredObject
+    calling_aet: str
+    received_at: float
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    outcome: StoreOutcome
+    obsolete_key: str | None
+    """A storage key no longer referenced after this transaction (delete it)."""
+    study_is_new: bool = False
+
+
+def _level_values(header: dict[str, Any], level: Level) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for attribute in INDEXED_ATTRIBUTES:
+        if attribute.level is level:
+            values[attribute.column] = column_value(attribute, header)
+    return values
+
+
+def _clip(table_columns: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Truncate strings to the column length: real-world values overrun their VR limits."""
+    for name, value in values.items():
+        column_type = table_columns[name].type
+        if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
+            values[name] = value[: column_type.length]
+    return values
+
+
+class IndexRepository:
+    """Index writes and the bookkeeping queries of ingest and recovery."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._write_lock = threading.Lock()
+
+    def store_instance(self, record: InstanceRecord, policy: DuplicatePolicy) -> StoreResult:
+        """Insert (or resolve a duplicate of) ``record`` in one committed transaction."""
+        for attempt in range(3):
+            try:
+                with self._write_lock, self.engine.begin() as connection:
+                    return self._store(connection, record, policy)
+            except IntegrityError:
+                # Another node inserted the same patient/study/series first; retry reads it.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _store(
+        self, connection: Connection, record: InstanceRecord, policy: DuplicatePolicy
+    ) -> StoreResult:
+        existing = connection.execute(
+            select(
+                instances.c.pk,
+                instances.c.sha256,
+                instances.c.storage_key,
+                instances.c.version,
+                instances.c.size_bytes,
+                instances.c.series_pk,
+            ).where(
+                instances.c.sop_instance_uid == record.sop_instance_uid,
+                instances.c.is_latest.is_(True),
+            )
+        ).first()
+        if existing is not None:
+            if existing.sha256 == record.stored.sha256:
+                return StoreResult(StoreOutcome.DUPLICATE_SAME, obsolete_key=record.stored.key)
+            if policy is DuplicatePolicy.REJECT:
+                return StoreResult(StoreOutcome.DUPLICATE_REJECTED, obsolete_key=record.stored.key)
+            instance_values = self._instance_values(record)
+            size_delta = record.stored.size - existing.size_bytes
+            if policy is DuplicatePolicy.OVERWRITE:
+                connection.execute(
+                    update(instances).where(instances.c.pk == existing.pk).values(**instance_values)
+                )
+                outcome, obsolete = StoreOutcome.OVERWRITTEN, existing.storage_key
+            else:
+                connection.execute(
+                    update(instances).where(instances.c.pk == existing.pk).values(is_latest=False)
+                )
+                connection.execute(
+                    instances.insert().values(
+                        series_pk=existing.series_pk,
+                        version=existing.version + 1,
+                        is_latest=True,
+                        **instance_values,
+                    )
+                )
+                outcome, obsolete = StoreOutcome.NEW_VERSION, None
+            study_pk = connection.execute(
+                select(series.c.study_pk).where(series.c.pk == existing.series_pk)
+            ).scalar_one()
+            connection.execute(
+                update(studies)
+                .where(studies.c.pk == study_pk)
+                .values(
+                    size_bytes=studies.c.size_bytes + size_delta,
+                    last_received_at=record.received_at,
+                    stable=False,
+                )
+            )
+            return StoreResult(outcome, obsolete_key=obsolete)
+
+        patient_pk = self._upsert_patient(connection, record)
+        study_pk, study_is_new = self._upsert_study(connection, record, patient_pk)
+        series_pk = self._upsert_series(connection, record, study_pk)
+        connection.execute(
+            instances.insert().values(
+                series_pk=series_pk, version=1, is_latest=True, **self._instance_values(record)
+            )
+        )
+        connection.execute(
+            update(series)
+            .where(series.c.pk == series_pk)
+            .values(number_of_instances=series.c.number_of_instances + 1)
+        )
+        connection.execute(
+            update(studies)
+            .where(studies.c.pk == study_pk)
+            .values(
+                number_of_instances=studies.c.number_of_instances + 1,
+                size_bytes=studies.c.size_bytes + record.stored.size,
+                last_received_at=record.received_at,
+                stable=False,
+            )
+        )
+        return StoreResult(StoreOutcome.STORED, obsolete_key=None, study_is_new=study_is_new)
+
+    def _instance_values(self, record: InstanceRecord) -> dict[str, Any]:
+        values = _level_values(record.header, Level.IMAGE)
+        values.update(
+            sop_instance_uid=record.sop_instance_uid,
+            sop_class_uid=record.sop_class_uid,
+            transfer_syntax_uid=record.transfer_syntax_uid,
+            storage_key=record.stored.key,
+            size_bytes=record.stored.size,
+            sha256=record.stored.sha256,
+            received_at=record.received_at,
+            calling_aet=record.calling_aet[:16],
+            dicom_json=record.header_text,
+        )
+        return _clip(instances.c, values)
+
+    def _upsert_patient(self, connection: Connection, record: InstanceRecord) -> int:
+        values = _clip(patients.c, _level_values(record.header, Level.PATIENT))
+        values["patient_name_norm"] = normalize_person_name(values["patient_name"])
+        row = connection.execute(
+            select(patients.c.pk).where(
+                patients.c.patient_id == values["patient_id"],
+                patients.c.issuer_of_patient_id == values["issuer_of_patient_id"],
+            )
+        ).first()
+        if row is not None:
+            connection.execute(update(patients).where(patients.c.pk == row.pk).values(**values))
+            return int(row.pk)
+        return _inserted_pk(connection.execute(patients.insert().values(**values)))
+
+    def _upsert_study(
+        self, connection: Connection, record: InstanceRecord, patient_pk: int
+    ) -> tuple[int, bool]:
+        row = connection.execute(
+            select(studies.c.pk, studies.c.sop_classes_in_study).where(
+                studies.c.study_instance_uid == record.study_instance_uid
+            )
+        ).first()
+        if row is not None:
+            classes = row.sop_classes_in_study.split("\\") if row.sop_classes_in_study else []
+            if record.sop_class_uid not in classes:
+                classes.append(record.sop_class_uid)
+                connection.execute(
+                    update(studies)
+                    .where(studies.c.pk == row.pk)
+                    .values(sop_classes_in_study="\\".join(classes))
+                )
+            return int(row.pk), False
+        values = _clip(studies.c, _level_values(record.header, Level.STUDY))
+        values.update(
+            patient_pk=patient_pk,
+            referring_physician_name_norm=normalize_person_name(values["referring_physician_name"]),
+            sop_classes_in_study=record.sop_class_uid,
+            first_received_at=record.received_at,
+            last_received_at=record.received_at,
+            stable=False,
+        )
+        pk = _inserted_pk(connection.execute(studies.insert().values(**values)))
+        connection.execute(
+            update(patients)
+            .where(patients.c.pk == patient_pk)
+            .values(number_of_studies=patients.c.number_of_studies + 1)
+        )
+        return pk, True
+
+    def _upsert_series(self, connection: Connection, record: InstanceRecord, study_pk: int) -> int:
+        row = connection.execute(
+            select(series.c.pk).where(series.c.series_instance_uid == record.series_instance_uid)
+        ).first()
+        if row is not None:
+            return int(row.pk)
+        values = _clip(series.c, _level_values(record.header, Level.SERIES))
+        values["study_pk"] = study_pk
+        pk = _inserted_pk(connection.execute(series.insert().values(**values)))
+        modality = values["modality"]
+        current = connection.execute(
+            select(studies.c.modalities_in_study).where(studies.c.pk == study_pk)
+        ).scalar_one()
+        modalities = current.split("\\") if current else []
+        if modality and modality not in modalities:
+            modalities.append(modality)
+        connection.execute(
+            update(studies)
+            .where(studies.c.pk == study_pk)
+            .values(
+                number_of_series=studies.c.number_of_series + 1,
+                modalities_in_study="\\".join(sorted(modalities)),
+            )
+        )
+        return pk
+
+    # -- recovery and bookkeeping -------------------------------------------------------
+
+    def is_key_referenced(self, key: str) -> bool:
+        with self.engine.connect() as connection:
+            return (
+                connection.execute(
+                    select(instances.c.pk).where(instances.c.storage_key == key)
+                ).first()
+                is not None
+            )
+
+    def iter_stored(self) -> Iterator[tuple[str, str, str]]:
+        """(sop_instance_uid, storage_key, sha256) of every stored instance version."""
+        with self.engine.connect() as connection:
+            result = connection.execution_options(yield_per=1000).execute(
+                select(
+                    instances.c.sop_instance_uid, instances.c.storage_key, instances.c.sha256
+                ).order_by(instances.c.pk)
+            )
+            for row in result:
+                yield row.sop_instance_uid, row.storage_key, row.sha256
+
+    def count_instances(self) -> int:
+        with self.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(instances)).scalar_one())
+
+    def get_state(self, name: str) -> str | None:
+        with self.engine.connect() as connection:
+            value = connection.execute(
+                select(archive_state.c.value).where(archive_state.c.name == name)
+            ).scalar_one_or_none()
+            return None if value is None else str(value)
+
+    def set_state(self, name: str, value: str) -> None:
+        with self._write_lock, self.engine.begin() as connection:
+            updated = connection.execute(
+                update(archive_state).where(archive_state.c.name == name).values(value=value)
+            ).rowcount
+            if not updated:
+                connection.execute(archive_state.insert().values(name=name, value=value))
+
+    def unstable_studies_quiet_since(self, cutoff: float) -> list[tuple[int, str]]:
+        """Studies not yet stable whose last instance arrived before ``cutoff``."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(studies.c.pk, studies.c.study_instance_uid).where(
+                    studies.c.stable.is_(False), studies.c.last_received_at < cutoff
+                )
+            ).all()
+        return [(int(row.pk), str(row.study_instance_uid)) for row in rows]
+
+    def mark_stable(self, study_pk: int, cutoff: float) -> bool:
+        """Mark stable unless an instance arrived after ``cutoff`` (then try again later)."""
+        with self._write_lock, self.engine.begin() as connection:
+            changed = connection.execute(
+                update(studies)
+                .where(
+                    studies.c.pk == study_pk,
+                    studies.c.stable.is_(False),
+                    studies.c.last_received_at < cutoff,
+                )
+                .values(stable=True)
+            ).rowcount
+        return bool(changed)
+
+
+def _inserted_pk(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    if key is None:
+        raise RuntimeError("the database returned no primary key for an insert")
+    return int(key[0])
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,142 @@
+"""Index tables (SQLAlchemy Core), portable across SQLite and PostgreSQL.
+
+One table per level of the DICOM information model (PS3.4 C.6). Each carries the
+attributes that C-FIND and QIDO-RS match on (PS3.4 C.6.1.1 / C.6.2.1 and PS3.18
+Table 10.6.1-5); person names also get an upper-cased copy (``*_norm``) for the
+case-insensitive PN matching that PS3.4 C.2.2.2.1 permits. Every instance row keeps its
+DICOM JSON header (bulk data left out, PS3.18 F.2) so metadata requests never open a
+pixel file (ARCHITECTURE.md property 5).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+UID = String(64)
+PN = String(324)  # 5 components x 64 chars x 3 groups (PS3.5 6.2) and separators
+LO = String(64)
+SH = String(16)
+CS = String(16)
+DA = String(8)
+TM = String(16)
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("patient_id", LO, nullable=False, default=""),
+    Column("issuer_of_patient_id", LO, nullable=False, default=""),
+    Column("patient_name", PN, nullable=False, default=""),
+    Column("patient_name_norm", PN, nullable=False, default=""),
+    Column("patient_birth_date", DA, nullable=False, default=""),
+    Column("patient_sex", CS, nullable=False, default=""),
+    Column("number_of_studies", Integer, nullable=False, default=0),
+    UniqueConstraint("patient_id", "issuer_of_patient_id", name="uq_patients_identity"),
+)
+Index("ix_patients_name_norm", patients.c.patient_name_norm)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("patient_pk", Integer, ForeignKey("patients.pk", ondelete="CASCADE"), nullable=False),
+    Column("study_instance_uid", UID, nullable=False, unique=True),
+    Column("study_date", DA, nullable=False, default=""),
+    Column("study_time", TM, nullable=False, default=""),
+    Column("accession_number", SH, nullable=False, default=""),
+    Column("study_id", SH, nullable=False, default=""),
+    Column("study_description", LO, nullable=False, default=""),
+    Column("referring_physician_name", PN, nullable=False, default=""),
+    Column("referring_physician_name_norm", PN, nullable=False, default=""),
+    Column("modalities_in_study", String(256), nullable=False, default=""),
+    Column("sop_classes_in_study", Text, nullable=False, default=""),
+    Column("number_of_series", Integer, nullable=False, default=0),
+    Column("number_of_instances", Integer, nullable=False, default=0),
+    Column("size_bytes", BigInteger, nullable=False, default=0),
+    Column("first_received_at", Float, nullable=False),
+    Column("last_received_at", Float, nullable=False),
+    Column("stable", Boolean, nullable=False, default=False),
+)
+Index("ix_studies_patient_pk", studies.c.patient_pk)
+Index("ix_studies_study_date", studies.c.study_date)
+Index("ix_studies_accession_number", studies.c.accession_number)
+Index("ix_studies_unstable", studies.c.stable, studies.c.last_received_at)
+
+series = Table(
+    "series",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("study_pk", Integer, ForeignKey("studies.pk", ondelete="CASCADE"), nullable=False),
+    Column("series_instance_uid", UID, nullable=False, unique=True),
+    Column("modality", CS, nullable=False, default=""),
+    Column("series_number", Integer, nullable=True),
+    Column("series_description", LO, nullable=False, default=""),
+    Column("body_part_examined", CS, nullable=False, default=""),
+    Column("series_date", DA, nullable=False, default=""),
+    Column("series_time", TM, nullable=False, default=""),
+    Column("performed_procedure_step_start_date", DA, nullable=False, default=""),
+    Column("performed_procedure_step_start_time", TM, nullable=False, default=""),
+    Column("scheduled_procedure_step_id", SH, nullable=False, default=""),
+    Column("requested_procedure_id", SH, nullable=False, default=""),
+    Column("institution_name", LO, nullable=False, default=""),
+    Column("station_name", SH, nullable=False, default=""),
+    Column("number_of_instances", Integer, nullable=False, default=0),
+)
+Index("ix_series_study_pk", series.c.study_pk)
+Index("ix_series_modality", series.c.modality)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("series_pk", Integer, ForeignKey("series.pk", ondelete="CASCADE"), nullable=False),
+    Column("sop_instance_uid", UID, nullable=False),
+    Column("version", Integer, nullable=False, default=1),
+    Column("is_latest", Boolean, nullable=False, default=True),
+    Column("sop_class_uid", UID, nullable=False),
+    Column("instance_number", Integer, nullable=True),
+    Column("transfer_syntax_uid", UID, nullable=False),
+    Column("rows", Integer, nullable=True),
+    Column("columns", Integer, nullable=True),
+    Column("number_of_frames", Integer, nullable=True),
+    Column("content_date", DA, nullable=False, default=""),
+    Column("content_time", TM, nullable=False, default=""),
+    Column("storage_key", String(128), nullable=False, unique=True),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("calling_aet", String(16), nullable=False, default=""),
+    Column("dicom_json", Text, nullable=False),
+    UniqueConstraint("sop_instance_uid", "version", name="uq_instances_uid_version"),
+)
+Index("ix_instances_series_pk", instances.c.series_pk)
+Index("ix_instances_sop_instance_uid", instances.c.sop_instance_uid)
+
+archive_state = Table(
+    "archive_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

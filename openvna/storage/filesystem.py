@@ -1,0 +1,162 @@
+"""Filesystem storage with crash-safe writes.
+
+Durability order (ARCHITECTURE.md property 1): bytes go to ``tmp/<random>.part``,
+are fsync'ed, renamed to ``<aa>/<bb>/<key>`` and the containing directory is fsync'ed
+(and its parent when the shard directory was just created). Only then does ``commit``
+return, so the index row that follows never points at bytes a crash could lose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from openvna.errors import NotFoundError, OutOfResourcesError
+from openvna.storage.base import StoredObject
+
+_KEY_PATTERN = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{32}\.dcm$")
+_TMP_DIR = "tmp"
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FilesystemPendingWrite:
+    """A temporary file being filled; becomes visible only on ``commit``."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.key = key
+        self._root = root
+        self._temp_path = root / _TMP_DIR / f"{uuid.uuid4().hex}.part"
+        self._file: BinaryIO = open(self._temp_path, "w+b")  # noqa: SIM115 - lives until commit
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._done = False
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self._file.write(chunk)
+        except OSError as error:
+            self.discard()
+            raise OutOfResourcesError(f"storage write failed: {error.strerror}") from error
+        self._hash.update(chunk)
+        self._size += len(chunk)
+
+    def reader(self) -> BinaryIO:
+        self._file.flush()
+        return open(self._temp_path, "rb")
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def commit(self) -> StoredObject:
+        final_path = self._root / self.key
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            shard = final_path.parent
+            if not shard.is_dir():
+                shard.mkdir(parents=True, exist_ok=True)
+                _fsync_directory(shard.parent)
+                _fsync_directory(shard.parent.parent)
+            os.replace(self._temp_path, final_path)
+            _fsync_directory(shard)
+        except OSError as error:
+            self.discard()
+            raise OutOfResourcesError(f"storage commit failed: {error.strerror}") from error
+        self._done = True
+        return StoredObject(key=self.key, size=self._size, sha256=self._hash.hexdigest())
+
+    def discard(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._temp_path.unlink()
+
+
+class FilesystemStorage:
+    """Objects as files under ``root`` in a two-level hex fan-out."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        (self.root / _TMP_DIR).mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def new_key() -> str:
+        name = uuid.uuid4().hex
+        return f"{name[:2]}/{name[2:4]}/{name}.dcm"
+
+    def _path(self, key: str) -> Path:
+        if not _KEY_PATTERN.match(key):
+            raise ValueError(f"not a storage key: {key!r}")
+        return self.root / key
+
+    def begin_write(self) -> FilesystemPendingWrite:
+        return FilesystemPendingWrite(self.root, self.new_key())
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError as error:
+            raise NotFoundError(f"stored object {key} is missing") from error
+
+    def local_path(self, key: str) -> str | None:
+        return str(self._path(key))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError as error:
+            raise NotFoundError(f"stored object {key} is missing") from error
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            _fsync_directory(path.parent)
+
+    def iter_keys(self, modified_since: float | None = None) -> Iterator[str]:
+        """Walk the fan-out; with ``modified_since`` skip shards whose mtime is older.
+
+        A rename into a shard updates that directory's mtime, so a crash-recovery sweep
+        only needs to look at shards touched since the last clean start.
+        """
+        for first in sorted(os.scandir(self.root), key=lambda entry: entry.name):
+            if first.name == _TMP_DIR or not first.is_dir():
+                continue
+            for second in os.scandir(first.path):
+                if not second.is_dir():
+                    continue
+                if modified_since is not None and second.stat().st_mtime < modified_since:
+                    continue
+                for entry in os.scandir(second.path):
+                    key = f"{first.name}/{second.name}/{entry.name}"
+                    if _KEY_PATTERN.match(key):
+                        yield key
+
+    def sweep_temporary(self) -> int:
+        removed = 0
+        for entry in os.scandir(self.root / _TMP_DIR):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+        return removed
