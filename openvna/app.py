@@ -13,6 +13,8 @@ from openvna.dimse.server import DimseServer
 from openvna.index.database import create_index_engine, upgrade_schema
 from openvna.storage.filesystem import FilesystemStorage
 from openvna.tasks.inprocess import InProcessExecutor
+from openvna.web.app import DicomEndpoint, create_app
+from openvna.web.server import HttpServer
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +41,10 @@ class RunningArchive:
     archive: Archive
     executor: InProcessExecutor
     dimse: DimseServer
+    http: HttpServer
     monitor: StabilityMonitor
     dimse_port: int
+    http_port: int
     sweep: SweepReport
     stopped: bool = field(default=False)
 
@@ -48,18 +52,26 @@ class RunningArchive:
         if self.stopped:
             return
         self.stopped = True
+        self.http.stop()
         self.dimse.stop()
         self.monitor.stop()
         self.executor.shutdown(wait=True)
-        self.archive.engine.dispose()
+        self.archive.close()
 
 
 def start_archive(settings: Settings) -> RunningArchive:
-    """Sweep what a crash left, then start the DIMSE listener and the stability monitor."""
+    """Sweep what a crash left, then start DIMSE, HTTP and the stability monitor."""
     archive, executor = open_archive(settings)
     sweep = archive.sweep()
     dimse = DimseServer(settings, archive, peer_registry(settings))
-    port = dimse.start()
+    dimse_port = dimse.start()
+    endpoint = DicomEndpoint(settings.dimse.ae_title, settings.host, dimse_port)
+    http = HttpServer(create_app(archive, endpoint), settings.host, settings.http.port)
+    try:
+        http_port = http.start()
+    except Exception:
+        dimse.stop()
+        raise
     monitor = StabilityMonitor(archive)
     monitor.start()
-    return RunningArchive(archive, executor, dimse, monitor, port, sweep)
+    return RunningArchive(archive, executor, dimse, http, monitor, dimse_port, http_port, sweep)

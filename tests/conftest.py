@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -83,10 +83,15 @@ class ArchiveProcess:
     log_path: Path
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] | None = None
+    http_port: int = field(default_factory=lambda: free_port())
 
     @property
     def address(self) -> list[str]:
         return ["127.0.0.1", str(self.port)]
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     def echo_ok(self) -> bool:
         result = subprocess.run(
@@ -107,6 +112,8 @@ class ArchiveProcess:
                 str(self.data_dir),
                 "--dicom-port",
                 str(self.port),
+                "--http-port",
+                str(self.http_port),
                 "--aet",
                 self.ae_title,
                 *self.extra_args,

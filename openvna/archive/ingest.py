@@ -14,14 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO
-
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
 
 from openvna import __version__
 from openvna.archive.dicomjson import dataset_to_json
@@ -203,18 +199,38 @@ def _check_expected(header: InstanceHeader, expected: ExpectedIdentity) -> None:
 
 
 def canonical_file_meta(header: InstanceHeader) -> bytes:
-    """Preamble, 'DICM' and a File Meta group of our own (PS3.10 7.1)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(header.sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(header.sop_instance_uid)
-    meta.TransferSyntaxUID = UID(header.transfer_syntax_uid)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return b"\x00" * 128 + b"DICM" + buffer.getvalue()
+    """Preamble, 'DICM' and a File Meta group of our own (PS3.10 7.1).
+
+    Encoded directly (explicit VR little endian, six elements): this runs for every
+    instance, and building it through pydicom's writer costs more than the rest of the
+    header handling; ``tests/unit/test_ingest_file_meta.py`` checks it against pydicom.
+    """
+    body = b"".join(
+        (
+            _FILE_META_VERSION,
+            _meta_element(0x0002, "UI", header.sop_class_uid),
+            _meta_element(0x0003, "UI", header.sop_instance_uid),
+            _meta_element(0x0010, "UI", header.transfer_syntax_uid),
+            _IMPLEMENTATION_ELEMENTS,
+        )
+    )
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+def _meta_element(element: int, vr: str, value: str) -> bytes:
+    """One group 0002 element with a 2-byte length (UI padded with NUL, SH with space)."""
+    encoded = value.encode("ascii")
+    if len(encoded) % 2:
+        encoded += b"\x00" if vr == "UI" else b" "
+    return struct.pack("<HH2sH", 0x0002, element, vr.encode("ascii"), len(encoded)) + encoded
+
+
+# (0002,0001) File Meta Information Version: OB, 2 reserved bytes, 4-byte length, 00 01
+_FILE_META_VERSION = struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"
+_IMPLEMENTATION_ELEMENTS = _meta_element(0x0012, "UI", IMPLEMENTATION_CLASS_UID) + _meta_element(
+    0x0013, "SH", IMPLEMENTATION_VERSION_NAME
+)
 
 
 def _write_canonical_file(pending: PendingWrite, source: BinaryIO, header: InstanceHeader) -> None:

@@ -36,6 +36,7 @@ class VerifyProblem:
 class SweepReport:
     temporary_removed: int
     orphans_removed: int
+    skipped: bool = False
 
 
 class Archive:
@@ -55,6 +56,11 @@ class Archive:
         self.repository = IndexRepository(engine)
         self.index = IndexSearch(engine)
         self.ingestor = Ingestor(storage, self.repository, bus, settings.ingest)
+
+    def close(self) -> None:
+        """Release the index connections and this process's claim on storage."""
+        self.engine.dispose()
+        self.storage.close()
 
     # -- ingest ------------------------------------------------------------------------
     def ingest_file(
@@ -97,18 +103,23 @@ class Archive:
         """Remove what a crash left behind: temp files and objects no index row references.
 
         Only shards changed since the last clean start are listed, so the sweep costs
-        little on a large archive. Run before accepting connections.
+        little on a large archive. Run before accepting connections; skipped while another
+        process (an import, a second server) uses the same storage.
         """
-        started = time.time()
-        temporary = self.storage.sweep_temporary()
-        last = self.repository.get_state(_LAST_SWEEP)
-        since = float(last) - 5.0 if last else None
-        orphans = 0
-        for key in self.storage.iter_keys(modified_since=since):
-            if not self.repository.is_key_referenced(key):
-                self.storage.delete(key)
-                orphans += 1
-        self.repository.set_state(_LAST_SWEEP, repr(started))
+        with self.storage.maintenance() as alone:
+            if not alone:
+                logger.info("another process uses this storage: start-up sweep skipped")
+                return SweepReport(temporary_removed=0, orphans_removed=0, skipped=True)
+            started = time.time()
+            temporary = self.storage.sweep_temporary()
+            last = self.repository.get_state(_LAST_SWEEP)
+            since = float(last) - 5.0 if last else None
+            orphans = 0
+            for key in self.storage.iter_keys(modified_since=since):
+                if not self.repository.is_key_referenced(key):
+                    self.storage.delete(key)
+                    orphans += 1
+            self.repository.set_state(_LAST_SWEEP, repr(started))
         if temporary or orphans:
             logger.warning(
                 "start-up sweep removed %d temporary and %d orphan objects", temporary, orphans

@@ -65,7 +65,7 @@ def serve(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Start the archive: DIMSE listener, stability monitor (HTTP arrives with DICOMweb)."""
+    """Start the archive: DIMSE and HTTP listeners and the study stability monitor."""
     _configure_logging(verbose)
     settings = _settings(
         config,
@@ -76,6 +76,8 @@ def serve(
     )
     running = start_archive(settings)
     count = running.archive.repository.count_instances()
+    http_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    http_url = f"http://{http_host}:{running.http_port}"
     console.print(
         f"[bold green]OpenVNA[/bold green] serving {count} instances from "
         f"[cyan]{settings.data_dir.resolve()}[/cyan]\n"
@@ -85,6 +87,8 @@ def serve(
         f"{running.dimse_port}\n"
         f"          findscu -S -aec {settings.dimse.ae_title} -k QueryRetrieveLevel=STUDY "
         f"-k PatientName= -k StudyDate= {settings.host} {running.dimse_port}\n"
+        f"  HTTP:   {http_url}/api/system (archive status; DICOMweb and the viewer "
+        "come with issue #3)\n"
         "  Press Ctrl+C to stop."
     )
     stop = threading.Event()
@@ -125,6 +129,7 @@ def import_command(
             import_item(archive, item, summary, spool_dir)
             progress.advance(task)
     executor.shutdown()
+    archive.close()
     table = Table(title="Import summary")
     table.add_column("result")
     table.add_column("files", justify="right")
@@ -157,6 +162,7 @@ def verify(data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
                 problems.append(problem)
             progress.advance(task)
     executor.shutdown()
+    archive.close()
     for problem in problems:
         console.print(
             f"[red]✗ {problem.sop_instance_uid}[/red] ({problem.storage_key}): {problem.problem}"
@@ -241,6 +247,7 @@ def samples_load(
     for item in items:
         import_item(archive, item, summary, settings.storage_dir / "tmp")
     executor.shutdown()
+    archive.close()
     console.print(
         f"sample studies: {summary.imported} imported, "
         f"{summary.duplicates} already present, {summary.rejected} rejected"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import tempfile
 import threading
@@ -113,6 +114,26 @@ def _peer_addresses(host: str) -> set[str]:
         return set()
 
 
+def discard_partial_dataset(event: evt.Event) -> None:
+    """EVT_CONN_CLOSE handler: remove the temp file of a data set that never completed.
+
+    pynetdicom spools a received data set to a ``NamedTemporaryFile(delete=False)`` and
+    unlinks it after the C-STORE handler; when the peer drops the connection mid-message
+    no handler runs and the partial file would stay until the next start-up sweep.
+    """
+    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+    spool = getattr(message, "_data_set_file", None)
+    if spool is None:
+        return
+    try:
+        spool.close()
+        os.unlink(spool.name)
+    except OSError as error:
+        logger.warning("could not remove the partial data set %s: %s", spool.name, error)
+    else:
+        logger.info("association dropped mid-message: partial data set discarded")
+
+
 def make_access_check(peers: PeerRegistry) -> Callable[[evt.Event], None]:
     """EVT_REQUESTED handler: any caller from loopback, otherwise only configured peers.
 
@@ -182,6 +203,7 @@ class DimseServer:
         ae_title = self.settings.dimse.ae_title
         event_handlers: list[Any] = [
             (evt.EVT_REQUESTED, make_access_check(self.peers)),
+            (evt.EVT_CONN_CLOSE, discard_partial_dataset),
             (evt.EVT_C_ECHO, handlers.handle_echo),
             (evt.EVT_C_STORE, handlers.handle_store, [self.archive]),
             (evt.EVT_C_FIND, handlers.handle_find, [self.archive, ae_title]),

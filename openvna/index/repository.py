@@ -7,6 +7,7 @@ sending the same SOP Instance UID at once cannot both win.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult, Engine, String, func, select, update
+from sqlalchemy import Connection, CursorResult, Engine, String, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from openvna.archive.attributes import (
@@ -26,6 +27,8 @@ from openvna.archive.attributes import (
 from openvna.config import DuplicatePolicy
 from openvna.index.schema import archive_state, instances, patients, series, studies
 from openvna.storage.base import StoredObject
+
+logger = logging.getLogger(__name__)
 
 
 class StoreOutcome(StrEnum):
@@ -50,6 +53,22 @@ class InstanceRecord:
     stored: StoredObject
     calling_aet: str
     received_at: float
+
+
+class _StoreTicket:
+    """One instance waiting for the group commit, and what became of it."""
+
+    __slots__ = ("done", "error", "policy", "record", "result")
+
+    def __init__(self, record: InstanceRecord, policy: DuplicatePolicy) -> None:
+        self.record = record
+        self.policy = policy
+        self.done = False
+        self.result: StoreResult | None = None
+        self.error: Exception | None = None
+
+    def finish(self, result: StoreResult | None, error: Exception | None) -> None:
+        self.result, self.error, self.done = result, error, True
 
 
 @dataclass(frozen=True)
@@ -77,18 +96,95 @@ def _clip(table_columns: Any, values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+# Statements of the hot path, built once: constructing and cache-keying a SQLAlchemy
+# statement per instance costs more than executing it.
+_LATEST_VERSION = select(
+    instances.c.pk,
+    instances.c.sha256,
+    instances.c.storage_key,
+    instances.c.version,
+    instances.c.size_bytes,
+    instances.c.series_pk,
+).where(
+    instances.c.sop_instance_uid == bindparam("sop_instance_uid"),
+    instances.c.is_latest.is_(True),
+)
+_KNOWN_SERIES = (
+    select(series.c.pk, series.c.study_pk, studies.c.sop_classes_in_study)
+    .join(studies, studies.c.pk == series.c.study_pk)
+    .where(series.c.series_instance_uid == bindparam("series_instance_uid"))
+)
+_INSERT_INSTANCE = instances.insert()
+_COUNT_SERIES_INSTANCE = (
+    update(series)
+    .where(series.c.pk == bindparam("series_pk_"))
+    .values(number_of_instances=series.c.number_of_instances + 1)
+)
+_COUNT_STUDY_INSTANCE = (
+    update(studies)
+    .where(studies.c.pk == bindparam("study_pk_"))
+    .values(
+        number_of_instances=studies.c.number_of_instances + 1,
+        size_bytes=studies.c.size_bytes + bindparam("added_bytes"),
+        last_received_at=bindparam("received_at_"),
+        stable=False,
+    )
+)
+
+
 class IndexRepository:
     """Index writes and the bookkeeping queries of ingest and recovery."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._write_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_StoreTicket] = []
 
     def store_instance(self, record: InstanceRecord, policy: DuplicatePolicy) -> StoreResult:
-        """Insert (or resolve a duplicate of) ``record`` in one committed transaction."""
+        """Insert (or resolve a duplicate of) ``record``; returns once it is committed.
+
+        Group commit: instances arriving on other threads while a transaction commits
+        are written together in the next transaction, so concurrent associations share
+        one durable commit (one WAL fsync) instead of queueing for one each. Every caller
+        still returns only after the transaction holding its row has committed.
+        """
+        ticket = _StoreTicket(record, policy)
+        with self._pending_lock:
+            self._pending.append(ticket)
+        with self._write_lock:
+            if not ticket.done:
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._store_batch(batch)
+        if ticket.error is not None:
+            raise ticket.error
+        assert ticket.result is not None
+        return ticket.result
+
+    def _store_batch(self, batch: list[_StoreTicket]) -> None:
+        if len(batch) > 1:
+            try:
+                with self.engine.begin() as connection:
+                    results = [
+                        self._store(connection, ticket.record, ticket.policy) for ticket in batch
+                    ]
+            except Exception:
+                logger.debug("batched index write failed; retrying instance by instance")
+            else:
+                for ticket, result in zip(batch, results, strict=True):
+                    ticket.finish(result, None)
+                return
+        for ticket in batch:
+            try:
+                ticket.finish(self._store_alone(ticket.record, ticket.policy), None)
+            except Exception as error:
+                ticket.finish(None, error)
+
+    def _store_alone(self, record: InstanceRecord, policy: DuplicatePolicy) -> StoreResult:
         for attempt in range(3):
             try:
-                with self._write_lock, self.engine.begin() as connection:
+                with self.engine.begin() as connection:
                     return self._store(connection, record, policy)
             except IntegrityError:
                 # Another node inserted the same patient/study/series first; retry reads it.
@@ -100,17 +196,7 @@ class IndexRepository:
         self, connection: Connection, record: InstanceRecord, policy: DuplicatePolicy
     ) -> StoreResult:
         existing = connection.execute(
-            select(
-                instances.c.pk,
-                instances.c.sha256,
-                instances.c.storage_key,
-                instances.c.version,
-                instances.c.size_bytes,
-                instances.c.series_pk,
-            ).where(
-                instances.c.sop_instance_uid == record.sop_instance_uid,
-                instances.c.is_latest.is_(True),
-            )
+            _LATEST_VERSION, {"sop_instance_uid": record.sop_instance_uid}
         ).first()
         if existing is not None:
             if existing.sha256 == record.stored.sha256:
@@ -151,28 +237,28 @@ class IndexRepository:
             )
             return StoreResult(outcome, obsolete_key=obsolete)
 
-        patient_pk = self._upsert_patient(connection, record)
-        study_pk, study_is_new = self._upsert_study(connection, record, patient_pk)
-        series_pk = self._upsert_series(connection, record, study_pk)
+        known = connection.execute(
+            _KNOWN_SERIES, {"series_instance_uid": record.series_instance_uid}
+        ).first()
+        study_is_new = False
+        if known is not None and record.sop_class_uid in known.sop_classes_in_study.split("\\"):
+            # The common case: another instance of a series the index already holds.
+            series_pk, study_pk = int(known.pk), int(known.study_pk)
+        else:
+            patient_pk = self._upsert_patient(connection, record)
+            study_pk, study_is_new = self._upsert_study(connection, record, patient_pk)
+            series_pk = self._upsert_series(connection, record, study_pk)
+        values = self._instance_values(record)
+        values.update(series_pk=series_pk, version=1, is_latest=True)
+        connection.execute(_INSERT_INSTANCE, values)
+        connection.execute(_COUNT_SERIES_INSTANCE, {"series_pk_": series_pk})
         connection.execute(
-            instances.insert().values(
-                series_pk=series_pk, version=1, is_latest=True, **self._instance_values(record)
-            )
-        )
-        connection.execute(
-            update(series)
-            .where(series.c.pk == series_pk)
-            .values(number_of_instances=series.c.number_of_instances + 1)
-        )
-        connection.execute(
-            update(studies)
-            .where(studies.c.pk == study_pk)
-            .values(
-                number_of_instances=studies.c.number_of_instances + 1,
-                size_bytes=studies.c.size_bytes + record.stored.size,
-                last_received_at=record.received_at,
-                stable=False,
-            )
+            _COUNT_STUDY_INSTANCE,
+            {
+                "study_pk_": study_pk,
+                "added_bytes": record.stored.size,
+                "received_at_": record.received_at,
+            },
         )
         return StoreResult(StoreOutcome.STORED, obsolete_key=None, study_is_new=study_is_new)
 
@@ -291,6 +377,16 @@ class IndexRepository:
     def count_instances(self) -> int:
         with self.engine.connect() as connection:
             return int(connection.execute(select(func.count()).select_from(instances)).scalar_one())
+
+    def counts(self) -> dict[str, int]:
+        """How many patients, studies, series and instances the index holds."""
+        tables = {"patients": patients, "studies": studies, "series": series}
+        tables["instances"] = instances
+        with self.engine.connect() as connection:
+            return {
+                name: int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+                for name, table in tables.items()
+            }
 
     def get_state(self, name: str) -> str | None:
         with self.engine.connect() as connection:

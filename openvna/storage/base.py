@@ -7,6 +7,7 @@ property 4), so an attacker-chosen UID can never become a path.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -67,4 +68,16 @@ class Storage(Protocol):
 
     def sweep_temporary(self) -> int:
         """Remove writes that were never committed (after a crash); returns how many."""
+        ...
+
+    def close(self) -> None:
+        """Release what this process holds on the store (locks, connections)."""
+        ...
+
+    def maintenance(self) -> AbstractContextManager[bool]:
+        """Exclusive use for crash recovery: yields True when no other process uses it.
+
+        Removing temp files and unreferenced objects is only safe when no other process
+        is between writing an object and indexing it.
+        """
         ...

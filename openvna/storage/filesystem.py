@@ -1,17 +1,22 @@
 """Filesystem storage with crash-safe writes.
 
 Durability order (ARCHITECTURE.md property 1): bytes go to ``tmp/<random>.part``,
-are fsync'ed, renamed to ``<aa>/<bb>/<key>`` and the containing directory is fsync'ed
-(and its parent when the shard directory was just created). Only then does ``commit``
+are fsync'ed, renamed to ``<YYYYMMDD>/<HHMM>/<random>.dcm`` (UTC of the write) and the
+containing directory is fsync'ed (and its parents when the shard was just created).
+Shards by write time keep consecutive writes in one directory, so a new directory (two
+more fsyncs) is needed once a minute rather than for most instances, and the start-up
+sweep only lists the shards written since the last clean start. Only then does ``commit``
 return, so the index row that follows never points at bytes a crash could lose.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +25,9 @@ from typing import BinaryIO
 from openvna.errors import NotFoundError, OutOfResourcesError
 from openvna.storage.base import StoredObject
 
-_KEY_PATTERN = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{32}\.dcm$")
+_KEY_PATTERN = re.compile(r"^[0-9]{8}/[0-9]{4}/[0-9a-f]{32}\.dcm$")
 _TMP_DIR = "tmp"
+_LOCK_FILE = ".lock"
 
 
 def _fsync_directory(path: Path) -> None:
@@ -96,11 +102,35 @@ class FilesystemStorage:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         (self.root / _TMP_DIR).mkdir(parents=True, exist_ok=True)
+        # Every process using this storage holds a shared lock for its lifetime; crash
+        # recovery needs it exclusively (see maintenance()). Blocks while a sweep runs.
+        self._lock_fd: int | None = os.open(self.root / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+
+    def close(self) -> None:
+        """Release this process's claim on the storage directory."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @contextlib.contextmanager
+    def maintenance(self) -> Iterator[bool]:
+        if self._lock_fd is None:
+            raise RuntimeError("storage is closed")
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
 
     @staticmethod
     def new_key() -> str:
-        name = uuid.uuid4().hex
-        return f"{name[:2]}/{name[2:4]}/{name}.dcm"
+        """A fresh random key in the shard of the current minute (never from DICOM data)."""
+        return time.strftime("%Y%m%d/%H%M/", time.gmtime()) + uuid.uuid4().hex + ".dcm"
 
     def _path(self, key: str) -> Path:
         if not _KEY_PATTERN.match(key):

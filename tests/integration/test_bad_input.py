@@ -337,22 +337,12 @@ def test_dropped_association_mid_pdu(archive: ArchiveProcess, sample_studies: Sa
     assert archive.echo_ok(), "C-ECHO failed after a dropped association"
     assert index_counts(archive.data_dir) == dict.fromkeys(INDEX_TABLES, 0)
     assert storage_files(archive.data_dir) == []
-    try:
-        wait_until(
-            lambda: temp_files(archive.data_dir) == [],
-            3,
-            "the partial data set's temp file to be removed",
-        )
-        leftover = []
-    except AssertionError:
-        leftover = temp_files(archive.data_dir)
+    wait_until(
+        lambda: temp_files(archive.data_dir) == [],
+        10,
+        "the partial data set's temp file to be removed",
+    )
     assert_still_serving(archive, ct_slice(sample_studies))
-    if leftover:
-        # Known bug, reported: pynetdicom's NamedTemporaryFile of the aborted C-STORE stays
-        # (open, never unlinked) until the archive's next start-up sweep.
-        pytest.xfail(
-            f"temp file of the dropped association left behind: {[path.name for path in leftover]}"
-        )
 
 
 # -- openvna import ------------------------------------------------------------------------
