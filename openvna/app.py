@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
+import threading
 from dataclasses import dataclass, field
 
 from openvna.archive.events import EventBus
@@ -10,6 +14,8 @@ from openvna.archive.service import Archive, StabilityMonitor, SweepReport
 from openvna.config import Settings
 from openvna.dimse.peers import PeerRegistry
 from openvna.dimse.server import DimseServer
+from openvna.dimse.workers import AcceptBalancer, fork_workers, listening_socket, stop_workers
+from openvna.errors import OpenVNAError
 from openvna.index.database import create_index_engine, upgrade_schema
 from openvna.storage.filesystem import FilesystemStorage
 from openvna.tasks.inprocess import InProcessExecutor
@@ -19,11 +25,12 @@ from openvna.web.server import HttpServer
 logger = logging.getLogger(__name__)
 
 
-def open_archive(settings: Settings) -> tuple[Archive, InProcessExecutor]:
+def open_archive(settings: Settings, *, migrate: bool = True) -> tuple[Archive, InProcessExecutor]:
     """The archive core on its index and storage, schema migrated, with an event bus."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_index_engine(settings.index_url, sqlite_synchronous=settings.sqlite_synchronous)
-    upgrade_schema(engine)
+    if migrate:
+        upgrade_schema(engine)
     storage = FilesystemStorage(settings.storage_dir)
     executor = InProcessExecutor()
     archive = Archive(settings, engine, storage, EventBus(executor))
@@ -41,6 +48,8 @@ class RunningArchive:
     archive: Archive
     executor: InProcessExecutor
     dimse: DimseServer
+    dimse_workers: list[int]
+    dimse_socket: socket.socket | None
     http: HttpServer
     monitor: StabilityMonitor
     dimse_port: int
@@ -53,25 +62,103 @@ class RunningArchive:
             return
         self.stopped = True
         self.http.stop()
+        stop_workers(self.dimse_workers)
         self.dimse.stop()
+        if self.dimse_socket is not None:
+            self.dimse_socket.close()
         self.monitor.stop()
         self.executor.shutdown(wait=True)
         self.archive.close()
 
 
+def dimse_process_count(settings: Settings) -> int:
+    """How many processes serve DIMSE: ``dimse.processes``, or one per core up to four."""
+    if settings.dimse.processes:
+        return settings.dimse.processes
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def start_archive(settings: Settings) -> RunningArchive:
-    """Sweep what a crash left, then start DIMSE, HTTP and the stability monitor."""
+    """Sweep what a crash left, then start DIMSE (in one or more processes), HTTP and the
+    stability monitor."""
     archive, executor = open_archive(settings)
     sweep = archive.sweep()
-    dimse = DimseServer(settings, archive, peer_registry(settings))
+    processes = dimse_process_count(settings)
+    shared_socket: socket.socket | None = None
+    balancer: AcceptBalancer | None = None
+    workers: list[int] = []
+    if processes > 1:
+        try:
+            shared_socket = listening_socket(settings.host, settings.dimse.port)
+        except OSError as error:
+            archive.close()
+            raise OpenVNAError(
+                f"cannot listen for DICOM on {settings.host}:{settings.dimse.port}: {error}"
+            ) from error
+        balancer = AcceptBalancer(processes)
+        archive.engine.dispose()  # no database connection may cross the fork
+        workers = fork_workers(
+            processes - 1,
+            lambda slot: _run_dimse_worker(settings, shared_socket, balancer, slot, processes),
+        )
+    dimse = DimseServer(
+        settings,
+        archive,
+        peer_registry(settings),
+        shared_socket=shared_socket,
+        balancer=balancer,
+        processes=processes,
+    )
     dimse_port = dimse.start()
     endpoint = DicomEndpoint(settings.dimse.ae_title, settings.host, dimse_port)
     http = HttpServer(create_app(archive, endpoint), settings.host, settings.http.port)
     try:
         http_port = http.start()
     except Exception:
+        stop_workers(workers)
         dimse.stop()
         raise
     monitor = StabilityMonitor(archive)
     monitor.start()
-    return RunningArchive(archive, executor, dimse, http, monitor, dimse_port, http_port, sweep)
+    logger.info("DIMSE served by %d process(es)", processes)
+    return RunningArchive(
+        archive,
+        executor,
+        dimse,
+        workers,
+        shared_socket,
+        http,
+        monitor,
+        dimse_port,
+        http_port,
+        sweep,
+    )
+
+
+def _run_dimse_worker(
+    settings: Settings,
+    shared_socket: socket.socket | None,
+    balancer: AcceptBalancer | None,
+    slot: int,
+    processes: int,
+) -> None:
+    """Body of a forked DIMSE worker: its own index connections, the shared socket."""
+    assert balancer is not None
+    balancer.slot = slot
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C: the main process stops us
+    archive, executor = open_archive(settings, migrate=False)
+    dimse = DimseServer(
+        settings,
+        archive,
+        peer_registry(settings),
+        shared_socket=shared_socket,
+        balancer=balancer,
+        processes=processes,
+    )
+    dimse.start()
+    stop.wait()
+    dimse.stop()
+    executor.shutdown(wait=True)
+    archive.close()

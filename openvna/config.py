@@ -43,6 +43,9 @@ class DimseSettings(BaseModel):
     port: int = Field(default=11112, ge=0, le=65535)
     max_pdu: int = Field(default=65536, ge=4096)
     max_associations: int = Field(default=32, ge=1)
+    processes: int = Field(
+        default=0, ge=0, le=64, description="DIMSE processes; 0 = one per core, at most 4"
+    )
     network_timeout: float = 60.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0

@@ -68,6 +68,22 @@ def run_tool(
     return result
 
 
+def stored_object_files(data_dir: Path) -> dict[str, Path]:
+    """Every stored object under ``data_dir/storage``, keyed by storage key.
+
+    Leaves out the temp folder and the storage's lock file (``.lock``), which hold no
+    instance.
+    """
+    root = data_dir / "storage"
+    files = {}
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        if relative.parts[0] == "tmp" or relative.name == ".lock" or not path.is_file():
+            continue
+        files[relative.as_posix()] = path
+    return files
+
+
 def openvna_command() -> list[str]:
     return [sys.executable, "-m", "openvna.cli.main"]
 

@@ -25,7 +25,14 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from openvna.sample import GeneratedStudy
-from tests.conftest import ArchiveProcess, dataset_bytes, openvna_command, run_tool, wait_until
+from tests.conftest import (
+    ArchiveProcess,
+    dataset_bytes,
+    openvna_command,
+    run_tool,
+    stored_object_files,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -67,13 +74,8 @@ def stored_instance_uids(data_dir: Path) -> list[str]:
 
 
 def storage_files(data_dir: Path) -> list[Path]:
-    """Committed objects (everything under storage/ except storage/tmp)."""
-    root = data_dir / "storage"
-    return sorted(
-        path
-        for path in root.rglob("*")
-        if path.is_file() and path.relative_to(root).parts[0] != "tmp"
-    )
+    """Committed objects (everything under storage/ except temp files and the lock)."""
+    return sorted(stored_object_files(data_dir).values())
 
 
 def temp_files(data_dir: Path) -> list[Path]:

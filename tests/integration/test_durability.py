@@ -47,6 +47,7 @@ from tests.conftest import (
     dataset_bytes,
     require_tool,
     run_tool,
+    stored_object_files,
     wait_until,
 )
 
@@ -180,17 +181,6 @@ def _label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-def _stored_files(storage: Path) -> dict[str, Path]:
-    """Every file under storage except the temp folder, keyed like the index."""
-    files = {}
-    for path in storage.rglob("*"):
-        relative = path.relative_to(storage)
-        if relative.parts[0] == "tmp" or not path.is_file():
-            continue
-        files[relative.as_posix()] = path
-    return files
-
-
 # -- the test -----------------------------------------------------------------------------
 
 
@@ -319,7 +309,7 @@ def test_sigkill_during_concurrent_stores_loses_nothing_acknowledged(
     )
 
     # Nothing partial is visible: storage holds exactly the indexed objects, complete.
-    on_disk = _stored_files(storage)
+    on_disk = stored_object_files(storage.parent)
     assert len(on_disk) == len(rows), (
         f"{len(on_disk)} files under storage but {len(rows)} index rows {where}"
     )

@@ -20,7 +20,7 @@ from pydicom import dcmread
 from pydicom.fileset import FileSet
 
 from openvna.sample import GeneratedStudy
-from tests.conftest import dataset_bytes, openvna_command
+from tests.conftest import dataset_bytes, openvna_command, stored_object_files
 
 pytestmark = pytest.mark.integration
 
@@ -68,12 +68,8 @@ def count(data_dir: Path, table: str) -> int:
 
 
 def storage_files(data_dir: Path) -> list[Path]:
-    root = data_dir / "storage"
-    return sorted(
-        path
-        for path in root.rglob("*")
-        if path.is_file() and path.relative_to(root).parts[0] != "tmp"
-    )
+    """Committed objects (everything under storage/ except temp files and the lock)."""
+    return sorted(stored_object_files(data_dir).values())
 
 
 def temp_files(data_dir: Path) -> list[Path]:
