@@ -18,6 +18,7 @@ zero-based, zero-padded four digit number (``0000.dcm``, ``0001.dcm``, ...).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -39,7 +40,6 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     MRImageStorage,
     UltrasoundMultiFrameImageStorage,
-    generate_uid,
 )
 
 __all__ = [
@@ -52,10 +52,19 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float32]
 
-UID_ROOT: Final = "1.2.826.0.1.3680043.10.1407."
-"""UID root used for every UID written by the generator."""
+UID_ROOT: Final = "2.25."
+"""Root of every UID the generator writes: UUID-derived UIDs (PS3.5 B.2), which need no
+registered organisation root; each is a deterministic hash of the seed and position."""
 
-IMPLEMENTATION_CLASS_UID: Final = f"{UID_ROOT}0.1"
+_UID_NAMESPACE: Final = uuid.UUID("5c1f3c1e-6a8e-4f57-9d2b-0e4a6f0c7b21")
+
+
+def _uuid_uid(name: str) -> str:
+    """A ``2.25.`` UID from a name-based (SHA-1, version 5) UUID: same name, same UID."""
+    return f"{UID_ROOT}{uuid.uuid5(_UID_NAMESPACE, name).int}"
+
+
+IMPLEMENTATION_CLASS_UID: Final = _uuid_uid("openvna-sample-implementation")
 """Implementation Class UID written into the file meta information."""
 
 _IMPLEMENTATION_VERSION_NAME: Final = "OPENVNA_SAMPLE1"
@@ -371,7 +380,7 @@ class _StudyPlan:
 
 def _uid(*parts: object) -> str:
     """Return a deterministic UID under :data:`UID_ROOT` derived from `parts`."""
-    return str(generate_uid(UID_ROOT, ["openvna-sample", *("|" + str(p) for p in parts)]))
+    return _uuid_uid("|".join(["openvna-sample", *(str(p) for p in parts)]))
 
 
 def _make_patients(rng: np.random.Generator, count: int) -> list[_Patient]:
