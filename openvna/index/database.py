@@ -34,6 +34,9 @@ def create_index_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine
             cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=60000")
+            # LIKE answers wildcard matching, which is case-sensitive except for PN
+            # (PS3.4 C.2.2.2.4); PN matches on upper-cased columns with upper-cased patterns.
+            cursor.execute("PRAGMA case_sensitive_like=ON")
             cursor.close()
 
         return engine

@@ -25,7 +25,7 @@ from typing import BinaryIO
 from openvna.errors import NotFoundError, OutOfResourcesError
 from openvna.storage.base import StoredObject
 
-_KEY_PATTERN = re.compile(r"^[0-9]{8}/[0-9]{4}/[0-9a-f]{32}\.dcm$")
+_KEY_PATTERN = re.compile(r"[0-9]{8}/[0-9]{4}/[0-9a-f]{32}\.dcm")
 _TMP_DIR = "tmp"
 _LOCK_FILE = ".lock"
 
@@ -133,7 +133,7 @@ class FilesystemStorage:
         return time.strftime("%Y%m%d/%H%M/", time.gmtime()) + uuid.uuid4().hex + ".dcm"
 
     def _path(self, key: str) -> Path:
-        if not _KEY_PATTERN.match(key):
+        if not _KEY_PATTERN.fullmatch(key):
             raise ValueError(f"not a storage key: {key!r}")
         return self.root / key
 
@@ -180,7 +180,7 @@ class FilesystemStorage:
                     continue
                 for entry in os.scandir(second.path):
                     key = f"{first.name}/{second.name}/{entry.name}"
-                    if _KEY_PATTERN.match(key):
+                    if _KEY_PATTERN.fullmatch(key):
                         yield key
 
     def sweep_temporary(self) -> int:
