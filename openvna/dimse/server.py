@@ -243,6 +243,10 @@ class DimseServer:
         dimse = self.settings.dimse
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.UNRESTRICTED_STORAGE_SERVICE = True
+        # pynetdicom formats every C-FIND identifier for its debug log even when debug
+        # logging is off (~5% of a C-FIND response's cost); we never log identifiers.
+        _config.LOG_REQUEST_IDENTIFIERS = False
+        _config.LOG_RESPONSE_IDENTIFIERS = False
         install_raw_send()
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
         ae = AE(ae_title=dimse.ae_title)
