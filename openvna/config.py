@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -39,6 +39,8 @@ class PeerConfig(BaseModel):
 class DimseSettings(BaseModel):
     """DICOM upper-layer listener settings."""
 
+    model_config = ConfigDict(extra="forbid")  # a mistyped key is an error, not ignored
+
     ae_title: str = "OPENVNA"
     port: int = Field(default=11112, ge=0, le=65535)
     max_pdu: int = Field(default=65536, ge=4096)
@@ -63,11 +65,15 @@ class DimseSettings(BaseModel):
 class HttpSettings(BaseModel):
     """HTTP listener settings (DICOMweb and REST come with the web adapter)."""
 
+    model_config = ConfigDict(extra="forbid")  # a mistyped key is an error, not ignored
+
     port: int = Field(default=8042, ge=0, le=65535)
 
 
 class IngestSettings(BaseModel):
     """Rules applied by the one ingest path."""
+
+    model_config = ConfigDict(extra="forbid")  # a mistyped key is an error, not ignored
 
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.REJECT
     max_dataset_bytes: int = Field(default=2 * 1024**3, ge=1024)

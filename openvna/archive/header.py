@@ -9,6 +9,7 @@ executable header (PS3.10 7.5 security note; the PE/DICOM polyglot of CVE-2019-1
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info, read_preamble
 from pydicom.uid import (
     UID,
@@ -78,11 +78,12 @@ def read_header(source: BinaryIO) -> InstanceHeader:
                 "executable preamble rejected: the DICOM preamble holds an executable header "
                 "(PS3.10 7.5)"
             )
+        _check_file_meta_complete(source)
         source.seek(0)
         try:
             read_preamble(source, force=False)
             file_meta = read_file_meta_info_from(source)
-        except (InvalidDicomError, ValueError, EOFError, OSError) as error:
+        except Exception as error:  # pydicom raises struct.error and others on bad input
             raise InvalidInstanceError(f"invalid File Meta Information: {error}") from error
         dataset_offset = source.tell()
         transfer_syntax = str(file_meta.get("TransferSyntaxUID", ""))
@@ -98,7 +99,7 @@ def read_header(source: BinaryIO) -> InstanceHeader:
     source.seek(0)
     try:
         dataset = dcmread(source, defer_size=BULK_THRESHOLD, force=not has_file_meta)
-        _check_complete(source, dataset)
+        _check_complete(source, dataset, dataset_offset)
         # Element values are decoded (and so validated) once, by the DICOM JSON conversion
         # that ingest runs next; large values stay deferred on disk and are never read.
     except InvalidInstanceError:
@@ -147,29 +148,70 @@ def _raw_elements(dataset: Dataset) -> Iterator[Any]:
         yield dataset.get_item(tag, keep_deferred=True)
 
 
-def _check_complete(source: BinaryIO, dataset: Dataset) -> None:
-    """Fail when a deferred value (Pixel Data, usually) runs past the end of the file.
+def _source_size(source: BinaryIO) -> int:
+    """Size of a seekable source: a real file or an in-memory buffer (``BytesIO``)."""
+    try:
+        return os.fstat(source.fileno()).st_size
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: no descriptor
+        position = source.tell()
+        size = source.seek(0, os.SEEK_END)
+        source.seek(position)
+        return size
+
+
+def _check_file_meta_complete(source: BinaryIO) -> None:
+    """Fail when the file ends before the end of File Meta that its group length declares.
+
+    pydicom stops quietly (or with a ``struct.error``) at a short read, so a file cut
+    inside File Meta would otherwise be reported as lacking a Transfer Syntax UID.
+    """
+    # preamble + 'DICM' (132), then File Meta Information Group Length (0002,0000) UL
+    end_of_meta = 132 + 12
+    source.seek(132)
+    group_length = source.read(12)
+    if len(group_length) == 12 and group_length[:6] == b"\x02\x00\x00\x00UL":
+        end_of_meta += int.from_bytes(group_length[8:], "little")
+    file_size = _source_size(source)
+    if file_size < end_of_meta:
+        raise InvalidInstanceError(
+            f"truncated: File Meta Information needs {end_of_meta} bytes, file has {file_size}"
+        )
+
+
+def _check_complete(source: BinaryIO, dataset: Dataset, dataset_offset: int) -> None:
+    """Fail when the data set does not end exactly where the file ends.
 
     pydicom seeks over deferred values and treats a short read at the next tag as the end
-    of the data set, so a truncated file would otherwise parse as if it were whole.
+    of the data set, so a truncated file would otherwise parse as if it were whole: a
+    value (Pixel Data, usually) may run past the end of the file, or the file may end
+    inside the header of the next element, leaving bytes no element accounts for.
     """
-    if not hasattr(source, "fileno"):
-        return
     if str(getattr(dataset.file_meta, "TransferSyntaxUID", "")) in _DEFLATED:
         return  # inflated into memory by pydicom; zlib reports truncation itself
-    import os
-
-    file_size = os.fstat(source.fileno()).st_size
+    file_size = _source_size(source)
+    end_of_data = dataset_offset
+    last_undefined = -1
+    offsets_known = True
     for raw in _raw_elements(dataset):
         tell = getattr(raw, "value_tell", None)
-        length = getattr(raw, "length", 0)
-        if tell is None or length in (0, 0xFFFFFFFF):
+        length = getattr(raw, "length", None)
+        if tell is None or length is None:
+            offsets_known = False
+            continue
+        if length == 0xFFFFFFFF:
+            last_undefined = max(last_undefined, tell)
             continue
         if tell + length > file_size:
             raise InvalidInstanceError(
                 f"truncated: element {raw.tag} needs {length} bytes at offset {tell}, "
                 f"file has {file_size}"
             )
+        end_of_data = max(end_of_data, tell + length)
+    if offsets_known and last_undefined < end_of_data < file_size:
+        raise InvalidInstanceError(
+            f"truncated: {file_size - end_of_data} bytes after the last complete element "
+            f"(offset {end_of_data}) are not a whole element"
+        )
 
 
 def read_file_meta_info_from(source: BinaryIO) -> FileMetaDataset:

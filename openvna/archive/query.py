@@ -107,6 +107,8 @@ def build_condition(tag: int, raw_value: str, *, list_separator: str = "\\") -> 
     value = raw_value.strip()
     if value == "" or value == "*":
         return None
+    if vr == "TM":
+        value = value.replace(":", "")  # ACR-NEMA hh:mm:ss form; stored times have no colons
     if (vr in RANGE_VRS and "-" in value.lstrip("-+")) or (
         vr in RANGE_VRS and value.startswith("-")
     ):

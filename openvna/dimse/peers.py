@@ -1,8 +1,8 @@
 """Known remote application entities: from the settings and from ``peers.json``.
 
 ``openvna peers add`` writes ``peers.json`` in the data directory (atomically); a running
-server notices the file's new modification time on its next lookup, so peers take
-effect without a restart.
+server notices the replaced file on its next lookup, so peers take effect without a
+restart.
 """
 
 from __future__ import annotations
@@ -20,20 +20,24 @@ class PeerRegistry:
         self._configured = {peer.ae_title: peer for peer in configured}
         self._file = peers_file
         self._lock = threading.Lock()
-        self._loaded_mtime: float | None = None
+        self._loaded: tuple[int, int, int] | None = None
+        """(inode, size, mtime) of the file last read: each write replaces the file."""
         self._dynamic: dict[str, PeerConfig] = {}
 
     def _refresh(self) -> None:
         try:
-            mtime = self._file.stat().st_mtime_ns
+            stat = self._file.stat()
         except FileNotFoundError:
-            self._dynamic, self._loaded_mtime = {}, None
+            self._dynamic, self._loaded = {}, None
             return
-        if mtime == self._loaded_mtime:
+        # The modification time alone misses a second write within the file system's
+        # timestamp granularity (a jiffy on many kernels); the replaced file's inode differs.
+        signature = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if signature == self._loaded:
             return
         entries = json.loads(self._file.read_text(encoding="utf-8") or "[]")
         self._dynamic = {e["ae_title"]: PeerConfig.model_validate(e) for e in entries}
-        self._loaded_mtime = mtime
+        self._loaded = signature
 
     def all(self) -> list[PeerConfig]:
         with self._lock:
@@ -74,4 +78,4 @@ class PeerRegistry:
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, self._file)
-        self._loaded_mtime = None
+        self._loaded = None

@@ -85,7 +85,8 @@ def condition_clause(condition: Condition) -> ColumnElement[bool]:
     if condition.kind is MatchKind.WILDCARD:
         return column.like(_like_pattern(values[0]), escape="\\")
     if condition.kind is MatchKind.RANGE:
-        parts: list[ColumnElement[bool]] = []
+        # An empty value is no date or time, so no range matches it (PS3.4 C.2.2.2.5).
+        parts: list[ColumnElement[bool]] = [column != ""]
         if condition.low is not None:
             parts.append(column >= condition.low)
         if condition.high is not None:

@@ -154,3 +154,23 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_settings_class_direct_construction() -> None:
     settings = Settings(database_url="postgresql://db/openvna")
     assert settings.index_url == "postgresql://db/openvna"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), [("dimse", "ae_tilte"), ("http", "prot"), ("ingest", "duplicate_polcy")]
+)
+def test_unknown_keys_in_a_section_are_rejected(tmp_path: Path, section: str, key: str) -> None:
+    """A mistyped key in a section must not be ignored, leaving the default in force."""
+    config = write_toml(tmp_path / "c.toml", f'[{section}]\n{key} = "x"\n')
+    with pytest.raises(ValidationError) as caught:
+        load_settings(config)
+    errors = caught.value.errors()
+    assert [(error["loc"], error["type"]) for error in errors] == [
+        ((section, key), "extra_forbidden")
+    ]
+
+
+def test_unknown_nested_environment_variable_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENVNA_INGEST__DUPLICATE_POLCY", "overwrite")
+    with pytest.raises(ValidationError, match=r"ingest\.duplicate_polcy"):
+        load_settings()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from openvna.app import open_archive
 from openvna.archive.header import InstanceHeader, is_valid_uid, read_header
+from openvna.cli.importer import ImportItem, ImportSummary, import_item
+from openvna.config import load_settings
 from openvna.errors import (
     InvalidInstanceError,
     MissingAttributeError,
@@ -197,3 +201,84 @@ def test_file_meta_disagreement_is_a_warning(tmp_path: Path) -> None:
 )
 def test_is_valid_uid(uid: str, valid: bool) -> None:
     assert is_valid_uid(uid) is valid
+
+
+# -- truncation anywhere, not only inside a deferred value ------------------------------
+
+
+def test_every_cut_inside_file_meta_is_an_invalid_instance(tmp_path: Path) -> None:
+    """A file cut in File Meta is refused as truncated, never with a pydicom exception.
+
+    Cuts inside a File Meta element used to escape as ``struct.error`` or pydicom's
+    ``BytesLengthException`` (which the importer does not catch) or to be reported as a
+    missing Transfer Syntax UID.
+    """
+    whole = write_part10(tmp_path / "ok.dcm", dataset()).read_bytes()
+    dataset_offset = read(tmp_path / "ok.dcm").dataset_offset
+    cut = tmp_path / "cut.dcm"
+    for end in range(132, dataset_offset):
+        cut.write_bytes(whole[:end])
+        with pytest.raises(InvalidInstanceError) as caught:
+            read(cut)
+        # until the group length element is whole, only its own end is known
+        needed = dataset_offset if end >= 132 + 12 else 132 + 12
+        assert str(caught.value) == (
+            f"truncated: File Meta Information needs {needed} bytes, file has {end}"
+        ), end
+        assert type(caught.value) is InvalidInstanceError
+
+
+def test_file_ending_inside_an_element_header_is_truncated(tmp_path: Path) -> None:
+    """A file cut 1 to 7 bytes into the next element's header lost that element."""
+    path = write_part10(tmp_path / "ok.dcm", dataset(pixels=8192))
+    whole = path.read_bytes()
+    header = read(path)
+    pixel_data = header.dataset.get_item(0x7FE00010, keep_deferred=True)
+    element_start = pixel_data.value_tell - 12  # explicit VR OW: tag, VR, 2 reserved, length
+    for extra in range(1, 8):
+        path.write_bytes(whole[: element_start + extra])
+        with pytest.raises(InvalidInstanceError) as caught:
+            read(path)
+        assert str(caught.value) == (
+            f"truncated: {extra} bytes after the last complete element "
+            f"(offset {element_start}) are not a whole element"
+        )
+    path.write_bytes(whole[:element_start])  # cut exactly between elements: still a data set
+    assert read(path).sop_instance_uid == SOP_UID
+
+
+def test_data_set_without_preamble_cut_inside_an_element_header(tmp_path: Path) -> None:
+    path = tmp_path / "raw.dcm"
+    dataset().save_as(path, implicit_vr=True, little_endian=True)
+    path.write_bytes(path.read_bytes() + b"\x10\x00\x10")  # 3 bytes of a next element
+    with pytest.raises(InvalidInstanceError, match="truncated: 3 bytes after"):
+        read(path)
+
+
+def test_in_memory_source(tmp_path: Path) -> None:
+    """A seekable buffer without a file descriptor works like a file (no 'fileno' error)."""
+    whole = write_part10(tmp_path / "ok.dcm", dataset(pixels=8192)).read_bytes()
+    header = read_header(io.BytesIO(whole))
+    assert header.sop_instance_uid == SOP_UID
+    assert header.has_file_meta is True
+    with pytest.raises(InvalidInstanceError, match=r"truncated: element \(7FE0,0010\)"):
+        read_header(io.BytesIO(whole[:-100]))
+
+
+def test_importer_counts_a_file_cut_in_file_meta_as_rejected(tmp_path: Path) -> None:
+    """The importer catches OpenVNAError only: a raw pydicom error would end the import."""
+    whole = write_part10(tmp_path / "ok.dcm", dataset()).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole[:153])  # inside the length of (0002,0001): pydicom raised struct.error
+    archive, executor = open_archive(load_settings(None, data_dir=tmp_path / "data"))
+    try:
+        summary = ImportSummary()
+        for path in (cut, tmp_path / "ok.dcm"):
+            import_item(archive, ImportItem(name=path.name, path=path), summary, tmp_path)
+        assert (summary.imported, summary.rejected) == (1, 1)
+        assert summary.rejected_files[0][0] == "cut.dcm"
+        assert summary.rejected_files[0][1].startswith("truncated: File Meta Information")
+        assert archive.repository.count_instances() == 1
+    finally:
+        executor.shutdown()
+        archive.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,21 @@ def test_peer_port_is_validated() -> None:
         PeerConfig(ae_title="X", host="x", port=0)
     with pytest.raises(ValidationError):
         PeerConfig(ae_title="X", host="x", port=65536)
+
+
+def test_a_rewrite_within_the_same_timestamp_is_seen(tmp_path: Path) -> None:
+    """Two writes inside the file system's timestamp granularity leave one mtime.
+
+    Kernels with coarse file timestamps (a jiffy) give both writes the same mtime; the
+    other registry must still read the second one.
+    """
+    peers_file = tmp_path / "peers.json"
+    writer = PeerRegistry([], peers_file)
+    reader = PeerRegistry([], peers_file)
+    writer.add(PeerConfig(ae_title="A", host="a", port=1))
+    first = peers_file.stat()
+    assert titles(reader) == ["A"]
+    writer.add(PeerConfig(ae_title="B", host="b", port=2))
+    os.utime(peers_file, ns=(first.st_atime_ns, first.st_mtime_ns))  # as a coarse clock would
+    assert peers_file.stat().st_mtime_ns == first.st_mtime_ns
+    assert titles(reader) == ["A", "B"]

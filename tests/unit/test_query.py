@@ -436,3 +436,50 @@ def test_image_level(archive: Archive) -> None:
     }
     # the unique keys of every level above are returned (PS3.4 C.4.1.2.1)
     assert set(listed[0]) >= {"0020000D", "0020000E", "00080018"}
+
+
+# -- time values in the ACR-NEMA hh:mm:ss form, and entities without a date -------------
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about ':' in a TM value
+def test_time_values_with_colons(archive: Archive) -> None:
+    """hh:mm[:ss] (PS3.5 TM, kept for ACR-NEMA compatibility) means the same as hhmm[ss]."""
+    condition = build_condition(0x00080030, "10:00-12:00")
+    assert condition is not None and (condition.low, condition.high) == ("1000", "1200")
+    assert studies(find(archive, "STUDY", StudyTime="10:00-12:00")) == {S1, S4}
+    assert studies(find(archive, "STUDY", StudyTime="-09:00")) == {S2}
+    assert studies(find(archive, "STUDY", StudyTime="10:15")) == {S1}
+    assert studies(find(archive, "STUDY", StudyTime="23:59:59")) == {S3}
+
+
+def test_ranges_do_not_match_empty_dates_and_times(tmp_path: Path) -> None:
+    """'-<date>' matches dates up to <date> (C.2.2.2.5); a study without a date has none."""
+    archive, executor = open_archive(load_settings(None, data_dir=tmp_path / "data"))
+    try:
+        for number, (date, time) in enumerate([("20240110", "101500"), ("", "")], start=1):
+            series_uid = f"{ROOT}.50.{number}"
+            ds = Dataset()
+            ds.SOPClassUID = CTImageStorage
+            ds.SOPInstanceUID = instance_uid(series_uid, 1)
+            ds.StudyInstanceUID = f"{ROOT}.50.{number}0"
+            ds.SeriesInstanceUID = series_uid
+            ds.PatientID = "P50"
+            ds.StudyDate = date
+            ds.StudyTime = time
+            ds.Modality = "OT"
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            path = tmp_path / f"{number}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            with path.open("rb") as source:
+                archive.ingest_file(source, origin=Origin("test"))
+        dated, undated = f"{ROOT}.50.10", f"{ROOT}.50.20"
+        assert studies(find(archive, "STUDY", StudyDate="")) == {dated, undated}
+        assert studies(find(archive, "STUDY", StudyDate="-20991231")) == {dated}
+        assert studies(find(archive, "STUDY", StudyDate="19000101-")) == {dated}
+        assert studies(find(archive, "STUDY", StudyDate="19000101-20991231")) == {dated}
+        assert studies(find(archive, "STUDY", StudyTime="-2359")) == {dated}
+        assert studies(find(archive, "STUDY", StudyTime="0000-")) == {dated}
+    finally:
+        executor.shutdown()
+        archive.close()
