@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -26,6 +27,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import AssociationSocket
 
+from openvna.dimse import pdata_stream
 from openvna.index.search import RetrievableInstance
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,30 @@ class _ShortSleepTime:
         time.sleep(min(seconds, _REACTOR_SLEEP_CAP))
 
 
+def pause_reactor(assoc: Association) -> None:
+    """Stop ``assoc``'s reactor thread before a send from another thread.
+
+    pynetdicom pauses its reactor by clearing ``_reactor_checkpoint`` and waiting for
+    ``_is_paused``; but the reactor sets that flag just before waiting on the checkpoint on
+    every loop, so the sender can see it set while the reactor is already past the wait.
+    The reactor then takes the C-STORE response for itself ("unexpected C-STORE service
+    message") and the sender waits out the DIMSE timeout (seen on C-MOVE under load).
+    Here the sender waits until the reactor thread is really blocked on the checkpoint;
+    pynetdicom's own check that follows then passes at once. A send from the reactor
+    thread itself (C-GET sub-operations) needs no pause.
+    """
+    if threading.current_thread() is assoc or not assoc.is_alive():
+        return
+    checkpoint = assoc._reactor_checkpoint
+    checkpoint.clear()
+    waiters = checkpoint._cond._waiters  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10.0
+    while not (assoc._is_paused and waiters) and not assoc.is_aborted:
+        if not assoc.is_alive() or time.monotonic() > deadline:
+            return  # pynetdicom's own checks report the dead association
+        time.sleep(0.0001)
+
+
 def install_raw_send() -> None:
     """Patch pynetdicom once per process (idempotent): raw sends (see the module
     docstring), TCP_NODELAY on outgoing sockets, shorter reactor polling."""
@@ -77,6 +103,7 @@ def install_raw_send() -> None:
     original = Association.send_c_store
 
     def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        pause_reactor(self)
         if isinstance(dataset, StoredInstanceRef):
             try:
                 return original(self, dataset.openvna_path, *args, **kwargs)
@@ -100,6 +127,7 @@ def install_raw_send() -> None:
 
     AssociationSocket._create_socket = create_socket  # type: ignore[method-assign]
     pynetdicom_association.time = _ShortSleepTime()  # type: ignore[attr-defined,assignment]
+    pdata_stream.install()
     _installed = True
 
 
