@@ -28,12 +28,27 @@ class DuplicatePolicy(StrEnum):
     KEEP_BOTH = "keep-both"
 
 
+def valid_ae_title(value: str) -> str:
+    """PS3.5 Table 6.2-1 (AE): 1 to 16 characters, no backslash or control characters."""
+    stripped = value.strip()
+    if not 1 <= len(stripped) <= 16 or "\\" in stripped or not stripped.isprintable():
+        raise ValueError("an AE title is 1 to 16 characters without backslash")
+    return stripped
+
+
 class PeerConfig(BaseModel):
     """A remote DICOM application entity (destination of C-MOVE, allowed caller)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        return valid_ae_title(value)
 
 
 class DimseSettings(BaseModel):
@@ -56,10 +71,7 @@ class DimseSettings(BaseModel):
     @field_validator("ae_title")
     @classmethod
     def _valid_ae_title(cls, value: str) -> str:
-        stripped = value.strip()
-        if not 1 <= len(stripped) <= 16 or "\\" in stripped:
-            raise ValueError("an AE title is 1 to 16 characters without backslash")
-        return stripped
+        return valid_ae_title(value)
 
 
 class HttpSettings(BaseModel):

@@ -133,6 +133,13 @@ def import_item(
         summary.reasons[reason] += 1
         summary.rejected_files.append((item.name, str(error)))
         return
+    except (OSError, zipfile.BadZipFile) as error:
+        # a file a DICOMDIR names but that is missing, unreadable or a damaged zip member:
+        # one bad source must not stop the import of the others
+        summary.rejected += 1
+        summary.reasons["unreadable source file"] += 1
+        summary.rejected_files.append((item.name, f"unreadable source file: {error}"))
+        return
     if result.outcome is StoreOutcome.DUPLICATE_SAME:
         summary.duplicates += 1
     else:

@@ -13,6 +13,7 @@ from typing import Any, cast
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.presentation import build_context
 
 from openvna.archive.ingest import ExpectedIdentity, Origin
 from openvna.archive.service import Archive
@@ -28,7 +29,7 @@ SUCCESS = 0x0000
 PENDING = 0xFF00
 CANCEL = 0xFE00
 UNABLE_TO_PROCESS = 0xC000
-OUT_OF_RESOURCES_SUBOPS = 0xA702
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 def status(code: int, comment: str = "") -> Dataset:
@@ -140,7 +141,10 @@ def handle_move(event: evt.Event, archive: Archive, peers: PeerRegistry) -> Iter
     try:
         found = _instances_to_send(event, archive)
     except OpenVNAError as error:
-        yield destination.host, destination.port
+        # pynetdicom associates with the destination before it reads our status; offer
+        # it Verification only, so that the association succeeds and the caller gets
+        # this status rather than "destination unreachable" (0xC515 / 0xA801).
+        yield destination.host, destination.port, {"contexts": [build_context(VERIFICATION)]}
         yield 1
         yield status(error.dicom_status, str(error)), None
         return

@@ -28,6 +28,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from openvna.archive.service import Archive
 from openvna.config import Settings
 from openvna.dimse import handlers
+from openvna.dimse.handlers import VERIFICATION
 from openvna.dimse.identifier import (
     PATIENT_ROOT_FIND,
     PATIENT_ROOT_GET,
@@ -74,7 +75,6 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.1.98",  # Encapsulated Uncompressed Explicit VR Little Endian
 ]
 
-VERIFICATION = "1.2.840.10008.1.1"
 _DUL_POLL_SECONDS = 0.0005
 
 QUERY_RETRIEVE_CLASSES = [

@@ -97,7 +97,7 @@ class FilesystemPendingWrite:
 
 
 class FilesystemStorage:
-    """Objects as files under ``root`` in a two-level hex fan-out."""
+    """Objects as files under ``root`` in shards by write time (``YYYYMMDD/HHMM``)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -120,6 +120,9 @@ class FilesystemStorage:
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            # flock(2): converting a lock is not atomic, a failed upgrade may have dropped
+            # our shared lock; take it again before going on.
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
             yield False
             return
         try:

@@ -411,3 +411,29 @@ def test_store_keeps_transfer_syntax_as_sent_and_moves_back_the_same_bytes(
     (moved,) = list(storescp.out_dir.iterdir())
     assert dcmread(moved, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
     assert dataset_bytes(moved) == stored_bytes
+
+
+def test_move_with_invalid_identifier_gets_its_failure_status(
+    stored: ArchiveProcess, storescp: StoreSCP
+) -> None:
+    """A known destination and a SERIES-level move without SeriesInstanceUID: 0xA900,
+    not the "destination unreachable" status of a failed sub-association."""
+    stored.cli("peers", "add", storescp.ae_title, "127.0.0.1", str(storescp.port))
+    result = run_tool(
+        "movescu",
+        "-v",
+        "-S",
+        "-aec",
+        stored.ae_title,
+        "-aem",
+        storescp.ae_title,
+        "-k",
+        "QueryRetrieveLevel=SERIES",
+        "-k",
+        "StudyInstanceUID=1.2.3",
+        *stored.address,
+        check=False,
+    )
+    output = result.stderr + result.stdout
+    assert "Final Move Response (Error: DataSetDoesNotMatchSOPClass)" in output, output  # 0xA900
+    assert list(storescp.out_dir.iterdir()) == []

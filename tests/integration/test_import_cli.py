@@ -369,3 +369,24 @@ def test_verify_clean_then_corrupted(sample_studies: Samples, tmp_path: Path) ->
     assert len(problem_lines) == 1, corrupted.stdout
     assert str(victim_uid) in problem_lines[0] and str(victim_key) in problem_lines[0]
     assert "content hash mismatch" in problem_lines[0]
+
+
+def test_dicomdir_naming_a_missing_file_rejects_it_and_imports_the_rest(
+    sample_studies: Samples, tmp_path: Path
+) -> None:
+    sources = study_files(sample_studies, "CT")[:3]
+    fileset = FileSet()
+    for path in sources:
+        fileset.add(dcmread(path))
+    media = tmp_path / "media"
+    fileset.write(media)
+    referenced = sorted(p for p in media.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+    referenced[0].unlink()  # the media lost one file the DICOMDIR still lists
+    data_dir = tmp_path / "archive"
+
+    result = run_cli(data_dir, "import", "--show-rejected", str(media / "DICOMDIR"))
+
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    assert summary_counts(result.stdout) == {"imported": 2, "duplicates": 0, "rejected": 1}
+    assert "unreadable source file" in result.stdout
+    assert_stored_exactly(data_dir, referenced[1:])

@@ -174,3 +174,12 @@ def test_unknown_nested_environment_variable_is_rejected(monkeypatch: pytest.Mon
     monkeypatch.setenv("OPENVNA_INGEST__DUPLICATE_POLCY", "overwrite")
     with pytest.raises(ValidationError, match=r"ingest\.duplicate_polcy"):
         load_settings()
+
+
+@pytest.mark.parametrize("title", ["", "A" * 17, "BAD\\AE", "TAB\tAE"])
+def test_peer_ae_title_is_validated_like_our_own(title: str) -> None:
+    from openvna.config import PeerConfig
+
+    with pytest.raises(ValueError, match="AE title"):
+        PeerConfig(ae_title=title, host="127.0.0.1", port=104)
+    assert PeerConfig(ae_title=" STORESCP ", host="127.0.0.1", port=104).ae_title == "STORESCP"

@@ -66,13 +66,20 @@ def test_sweep_is_skipped_while_another_process_uses_the_storage(tmp_path: Path)
             report = archive.sweep()
             assert report.skipped is True
             assert archive.storage.exists(in_flight_key)
+            assert holder.stdin is not None
+            holder.stdin.close()
+            holder.wait(timeout=10)
+            # the failed upgrade must not have cost this archive its own shared lock
+            assert not _exclusive_lock_possible(tmp_path / "storage" / ".lock")
         finally:
             executor.shutdown()
             archive.close()
+        assert _exclusive_lock_possible(tmp_path / "storage" / ".lock")
     finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=10)
+        if holder.poll() is None:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            holder.wait(timeout=10)
     # once the other process is gone the sweep runs again and removes the orphan
     archive, executor = open_archive(_settings(tmp_path))
     try:
@@ -83,3 +90,19 @@ def test_sweep_is_skipped_while_another_process_uses_the_storage(tmp_path: Path)
     finally:
         executor.shutdown()
         archive.close()
+
+
+def _exclusive_lock_possible(lock_file: Path) -> bool:
+    """Whether another process could lock the storage exclusively right now."""
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+            str(lock_file),
+        ],
+        capture_output=True,
+        timeout=30,
+    )
+    return probe.returncode == 0
