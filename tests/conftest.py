@@ -14,7 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,13 +36,52 @@ def free_port() -> int:
 
 
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
+    """The dcmtk program ``name``; never pynetdicom's same-named apps in the venv's bin."""
+    venv_bin = str(Path(sys.executable).parent)
+    search = os.pathsep.join(
+        directory
+        for directory in os.environ.get("PATH", "").split(os.pathsep)
+        if directory and Path(directory).resolve() != Path(venv_bin).resolve()
+    )
+    path = shutil.which(name, path=search)
     if path is None:
         message = f"{name} is not installed (make test installs dcmtk)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "OPENVNA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+"""A PostgreSQL server where tests may create and drop databases (CI has one)."""
+
+
+@contextmanager
+def temporary_postgres_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test; yields its SQLAlchemy URL.
+
+    Fails under CI when PostgreSQL is unreachable, skips with the reason elsewhere.
+    """
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as error:
+        message = f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {error}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"openvna_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            url = make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
+            yield url.render_as_string(hide_password=False)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -57,9 +98,14 @@ def run_tool(
     *args: str, timeout: float = 120, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """Run a dcmtk tool with TCP_NODELAY (as the reference benchmark does)."""
-    require_tool(args[0])
+    program = require_tool(args[0])
     result = subprocess.run(
-        list(args), capture_output=True, text=True, timeout=timeout, env=DCMTK_ENV, errors="replace"
+        [program, *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=DCMTK_ENV,
+        errors="replace",
     )
     if check and result.returncode != 0:
         raise AssertionError(
@@ -111,7 +157,7 @@ class ArchiveProcess:
 
     def echo_ok(self) -> bool:
         result = subprocess.run(
-            ["echoscu", "-to", "2", "-aec", self.ae_title, *self.address],
+            [require_tool("echoscu"), "-to", "2", "-aec", self.ae_title, *self.address],
             capture_output=True,
             env=DCMTK_ENV,
         )
@@ -235,7 +281,7 @@ def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
     out.mkdir()
     port = free_port()
     process = subprocess.Popen(
-        ["storescp", "-aet", "MOVESCP", "-od", str(out), "+B", "+xa", str(port)],
+        [require_tool("storescp"), "-aet", "MOVESCP", "-od", str(out), "+B", "+xa", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=DCMTK_ENV,

@@ -147,7 +147,15 @@ def _indexed_count(archive: ArchiveProcess) -> int:
 def _start_sender(archive: ArchiveProcess, folder: Path, log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            ["storescu", "-v", "+sd", "-aec", archive.ae_title, *archive.address, str(folder)],
+            [
+                require_tool("storescu"),
+                "-v",
+                "+sd",
+                "-aec",
+                archive.ae_title,
+                *archive.address,
+                str(folder),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=DCMTK_ENV,

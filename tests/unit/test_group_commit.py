@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from openvna.app import open_archive
@@ -13,12 +15,23 @@ from openvna.config import load_settings
 from openvna.index.repository import StoreOutcome
 from openvna.index.schema import instances, series, studies
 from openvna.sample.generator import generate_samples
+from tests.conftest import temporary_postgres_database
 
 
-def test_concurrent_ingest_counts_every_instance_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_ingest_counts_every_instance_once(tmp_path: Path, backend: str) -> None:
     generate_samples(tmp_path / "src", seed=11, patients=2, small=True)
     files = sorted((tmp_path / "src").rglob("*.dcm"))
-    archive, executor = open_archive(load_settings(None, data_dir=tmp_path / "data"))
+    with ExitStack() as stack:
+        database_url = None
+        if backend == "postgresql":
+            database_url = stack.enter_context(temporary_postgres_database())
+        _ingest_twice_concurrently(tmp_path, files, database_url)
+
+
+def _ingest_twice_concurrently(tmp_path: Path, files: list[Path], database_url: str | None) -> None:
+    settings = load_settings(None, data_dir=tmp_path / "data", database_url=database_url)
+    archive, executor = open_archive(settings)
 
     def ingest(path: Path) -> IngestResult:
         with path.open("rb") as source:

@@ -7,6 +7,7 @@ ingested through the one ingest path), so every expected result set is exact.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from openvna.dimse.identifier import (
     identifier_to_query,
 )
 from openvna.errors import QueryError
+from tests.conftest import temporary_postgres_database
 
 ROOT = "1.2.826.0.1.3680043.8.498.7"
 # (patient id, patient name, birth date, sex)
@@ -87,21 +89,29 @@ def write_instance(path: Path, series_uid: str, number: int) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def archive(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Archive]:
+    """The same archive on each index backend: matching must not depend on the database."""
     root = tmp_path_factory.mktemp("query")
-    archive, executor = open_archive(load_settings(None, data_dir=root / "data"))
-    try:
-        for series_uid, spec in SERIES.items():
-            for number in range(1, spec[5] + 1):
-                path = root / f"{instance_uid(series_uid, number)}.dcm"
-                write_instance(path, series_uid, number)
-                with path.open("rb") as source:
-                    archive.ingest_file(source, origin=Origin("test"))
-        yield archive
-    finally:
-        executor.shutdown()
-        archive.close()
+    with ExitStack() as stack:
+        database_url = None
+        if request.param == "postgresql":
+            database_url = stack.enter_context(temporary_postgres_database())
+        settings = load_settings(None, data_dir=root / "data", database_url=database_url)
+        archive, executor = open_archive(settings)
+        try:
+            for series_uid, spec in SERIES.items():
+                for number in range(1, spec[5] + 1):
+                    path = root / f"{instance_uid(series_uid, number)}.dcm"
+                    write_instance(path, series_uid, number)
+                    with path.open("rb") as source:
+                        archive.ingest_file(source, origin=Origin("test"))
+            yield archive
+        finally:
+            executor.shutdown()
+            archive.close()
 
 
 def find(
