@@ -740,66 +740,88 @@ def _received(directory: Path) -> tuple[int, int]:
     return len(files), sum(path.stat().st_size for path in files)
 
 
-def _retrieve_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    median = sorted(runs, key=lambda run: run["seconds"])[(len(runs) - 1) // 2]
-    return {**median, "runs": runs}
+def _retrieve_runs(
+    what: str, repeats: int, run_once: Callable[[], tuple[int, int, float]], expected: int
+) -> dict[str, Any]:
+    """Run a retrieval ``repeats`` times; report the median successful run.
+
+    A failed run (tool error, or not every instance received) is kept in ``runs`` with
+    its error and counted in ``failed_runs`` instead of hiding the other runs' numbers;
+    only when every run fails is the measurement an error.
+    """
+    runs: list[dict[str, Any]] = []
+    for _ in range(repeats):
+        try:
+            count, size, seconds = run_once()
+            if count != expected:
+                raise BenchError(f"{what} received {count} files, expected {expected}")
+        except BenchError as error:
+            console.print(f"[red]{what} run failed:[/red] {error}")
+            runs.append({"error": str(error)})
+            continue
+        runs.append(
+            {
+                "instances": count,
+                "bytes": size,
+                "seconds": seconds,
+                "inst_per_s": _rate(count, seconds),
+                "mb_per_s": _rate(size / MB, seconds),
+            }
+        )
+    good = sorted((run for run in runs if "error" not in run), key=lambda run: run["seconds"])
+    if not good:
+        raise BenchError(f"every {what} run failed; the last: {runs[-1]['error']}")
+    return {**good[(len(good) - 1) // 2], "failed_runs": len(runs) - len(good), "runs": runs}
 
 
 def c_get(target: Target, dataset: CtDataset, workdir: Path, repeats: int) -> dict[str, Any]:
     """getscu of the whole study into an empty folder; the median run is reported."""
-    runs = []
-    for index in range(repeats):
-        out = workdir / f"get-{target.name}-{index}"
+    out = workdir / f"get-{target.name}"
+    command = [
+        target.dcmtk["getscu"],
+        "-S",
+        "-aet",
+        SCU_AET,
+        "-aec",
+        target.ae_title,
+        "-od",
+        str(out),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={dataset.study_instance_uid}",
+        HOST,
+        str(target.port),
+    ]
+
+    def run_once() -> tuple[int, int, float]:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        command = [
-            target.dcmtk["getscu"],
-            "-S",
-            "-aet",
-            SCU_AET,
-            "-aec",
-            target.ae_title,
-            "-od",
-            str(out),
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            f"StudyInstanceUID={dataset.study_instance_uid}",
-            HOST,
-            str(target.port),
-        ]
         os.sync()
         start = time.perf_counter()
-        run_tool(command, timeout=3600)
-        seconds = time.perf_counter() - start
-        count, size = _received(out)
-        shutil.rmtree(out, ignore_errors=True)
-        if count != len(dataset.files):
-            raise BenchError(f"C-GET retrieved {count} files, expected {len(dataset.files)}")
-        runs.append(_retrieved(count, size, seconds))
-    return _retrieve_summary(runs)
+        try:
+            run_tool(command, timeout=3600)
+            seconds = time.perf_counter() - start
+            return (*_received(out), seconds)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
-
-def _retrieved(count: int, size: int, seconds: float) -> dict[str, Any]:
-    return {
-        "instances": count,
-        "bytes": size,
-        "seconds": seconds,
-        "inst_per_s": _rate(count, seconds),
-        "mb_per_s": _rate(size / MB, seconds),
-    }
+    return _retrieve_runs("C-GET", repeats, run_once, len(dataset.files))
 
 
 @contextmanager
-def storescp(dcmtk: Dcmtk, port: int, out: Path) -> Iterator[subprocess.Popen[bytes]]:
+def storescp(
+    dcmtk: Dcmtk, port: int, out: Path, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     """dcmtk's storescp (bit-preserving, any transfer syntax) as the C-MOVE destination."""
     out.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [dcmtk["storescp"], "-aet", SCP_AET, "-od", str(out), "+B", "+xa", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=DCMTK_ENV,
-    )
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [dcmtk["storescp"], "-v", "-aet", SCP_AET, "-od", str(out), "+B", "+xa", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=DCMTK_ENV,
+        )
 
     def listening() -> bool:
         if process.poll() is not None:
@@ -817,40 +839,44 @@ def storescp(dcmtk: Dcmtk, port: int, out: Path) -> Iterator[subprocess.Popen[by
 def c_move(target: Target, dataset: CtDataset, workdir: Path, repeats: int) -> dict[str, Any]:
     """movescu of the whole study to our storescp; the median run is reported."""
     out = workdir / f"move-{target.name}"
-    runs = []
-    with storescp(target.dcmtk, target.destination_port, out):
-        for _ in range(repeats):
-            for path in out.iterdir():
-                path.unlink()
-            command = [
-                target.dcmtk["movescu"],
-                "-S",
-                "-aet",
-                SCU_AET,
-                "-aec",
-                target.ae_title,
-                "-aem",
-                SCP_AET,
-                "-k",
-                "QueryRetrieveLevel=STUDY",
-                "-k",
-                f"StudyInstanceUID={dataset.study_instance_uid}",
-                HOST,
-                str(target.port),
-            ]
-            os.sync()
-            start = time.perf_counter()
-            result = run_tool(command, timeout=3600)
-            seconds = time.perf_counter() - start
-            count, size = _received(out)
-            if count != len(dataset.files):
-                raise BenchError(
-                    f"C-MOVE delivered {count} files, expected {len(dataset.files)}:\n"
-                    f"{_tail(result.stdout + result.stderr)}"
-                )
-            runs.append(_retrieved(count, size, seconds))
-    shutil.rmtree(out, ignore_errors=True)
-    return _retrieve_summary(runs)
+    command = [
+        target.dcmtk["movescu"],
+        "-S",
+        "-aet",
+        SCU_AET,
+        "-aec",
+        target.ae_title,
+        "-aem",
+        SCP_AET,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={dataset.study_instance_uid}",
+        HOST,
+        str(target.port),
+    ]
+
+    def run_once() -> tuple[int, int, float]:
+        for path in out.iterdir():
+            path.unlink()
+        os.sync()
+        start = time.perf_counter()
+        result = run_tool(command, timeout=3600, check=False)
+        seconds = time.perf_counter() - start
+        count, size = _received(out)
+        if result.returncode != 0:
+            raise BenchError(
+                f"movescu failed ({result.returncode}) after {seconds:.0f} s with "
+                f"{count} files delivered:\n{_tail(result.stdout + result.stderr, 4)}"
+            )
+        return count, size, seconds
+
+    log_path = workdir / "logs" / f"storescp-{target.name}.log"
+    try:
+        with storescp(target.dcmtk, target.destination_port, out, log_path):
+            return _retrieve_runs("C-MOVE", repeats, run_once, len(dataset.files))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 @dataclass
@@ -990,7 +1016,12 @@ def _cell(results: dict[str, Any] | None, row: Row) -> str:
             return "—"
         return f"{first:.0f} / {second:.0f}"
     value = lookup(results, row.key)
-    return "—" if value is None else f"{value:,.{row.digits}f}"
+    if value is None:
+        return "—"
+    measurement = results.get(row.key.split(".")[0], {})
+    failed, runs = measurement.get("failed_runs", 0), len(measurement.get("runs", []))
+    note = f" [red]({failed}/{runs} runs failed)[/red]" if failed else ""
+    return f"{value:,.{row.digits}f}{note}"
 
 
 def _factor(openvna: dict[str, Any], orthanc: dict[str, Any] | None, row: Row) -> str:
@@ -1015,8 +1046,9 @@ def print_table(report: dict[str, Any]) -> None:
             f"{data['bytes'] / MB:,.0f} MB ({data['bytes'] / data['instances'] / MB:.2f} MB each)"
         ),
         caption=(
-            f"{report['machine']['cpus']} CPUs, load average {report['machine']['load_average']}"
-            f"; dcmtk {report['dcmtk']}; MB = 10^6 bytes; C-FIND/C-ECHO times include "
+            f"OpenVNA {report['openvna_revision']}; {report['machine']['cpus']} CPUs, load "
+            f"average {report['machine']['load_average']}; dcmtk {report['dcmtk']}; "
+            "MB = 10^6 bytes; C-FIND/C-ECHO times include "
             "starting the dcmtk tool; factor > 1 means OpenVNA is faster"
         ),
     )
@@ -1038,11 +1070,29 @@ def print_table(report: dict[str, Any]) -> None:
     for name, results in targets.items():
         for measurement, error in results.get("errors", {}).items():
             console.print(f"[red]{name} {measurement} failed:[/red] {error}")
+        for measurement in ("get", "move"):
+            for run in results.get(measurement, {}).get("runs", []):
+                if "error" in run:
+                    console.print(f"[red]{name} {measurement} run failed:[/red] {run['error']}")
 
 
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
+
+
+def openvna_revision() -> str:
+    """``git describe`` of the working tree being measured (``-dirty`` if modified)."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except OSError:
+        return "?"
+    return result.stdout.strip() or "?"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1093,6 +1143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "path": str(dataset.root),
         },
         "dcmtk": dcmtk.version,
+        "openvna_revision": openvna_revision(),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
