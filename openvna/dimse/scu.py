@@ -112,7 +112,8 @@ def install_raw_send() -> None:
                 # convert (uncompressed) or decompress first (compressed stored data).
                 decoded = dcmread(dataset.openvna_path)
                 if decoded.file_meta.TransferSyntaxUID.is_compressed:
-                    decoded.decompress()
+                    # same instance in another transfer syntax: keep its SOP Instance UID
+                    decoded.decompress(generate_instance_uid=False)
                 return original(self, decoded, *args, **kwargs)
         return original(self, dataset, *args, **kwargs)
 

@@ -437,3 +437,45 @@ def test_move_with_invalid_identifier_gets_its_failure_status(
     output = result.stderr + result.stdout
     assert "Final Move Response (Error: DataSetDoesNotMatchSOPClass)" in output, output  # 0xA900
     assert list(storescp.out_dir.iterdir()) == []
+
+
+# Stored compressed, retrieved by a peer that accepts only uncompressed syntaxes: the
+# archive decodes (pylibjpeg-openjpeg, pyjpegls, pylibjpeg-rle) and sends the pixels.
+DECOMPRESSED_ON_RETRIEVE = [
+    ("MR_small_jpeg_ls_lossless.dcm", "-xt"),  # JPEG-LS Lossless
+    ("MR_small_jp2klossless.dcm", "-xv"),  # JPEG 2000 Lossless
+    ("MR_small_RLE.dcm", "-xr"),  # RLE Lossless
+]
+
+
+@pytest.mark.parametrize(("name", "propose"), DECOMPRESSED_ON_RETRIEVE)
+def test_get_decompresses_for_a_peer_that_accepts_only_uncompressed(
+    archive: ArchiveProcess, tmp_path: Path, name: str, propose: str
+) -> None:
+    source = Path(get_testdata_file(name))
+    sent = dcmread(source)
+    run_tool("storescu", propose, "-aec", archive.ae_title, *archive.address, str(source))
+    out = tmp_path / "got"
+    out.mkdir()
+    run_tool(
+        "getscu",  # proposes the uncompressed transfer syntaxes only (its default)
+        "-S",
+        "-aec",
+        archive.ae_title,
+        "-k",
+        "QueryRetrieveLevel=IMAGE",
+        "-k",
+        f"StudyInstanceUID={sent.StudyInstanceUID}",
+        "-k",
+        f"SeriesInstanceUID={sent.SeriesInstanceUID}",
+        "-k",
+        f"SOPInstanceUID={sent.SOPInstanceUID}",
+        "-od",
+        str(out),
+        *archive.address,
+    )
+    (received_path,) = list(out.iterdir())
+    received = dcmread(received_path)
+    assert not received.file_meta.TransferSyntaxUID.is_compressed
+    assert received.SOPInstanceUID == sent.SOPInstanceUID
+    assert (received.pixel_array == sent.pixel_array).all()  # lossless: the same pixels
