@@ -101,14 +101,7 @@ def start_archive(settings: Settings) -> RunningArchive:
             processes - 1,
             lambda slot: _run_dimse_worker(settings, shared_socket, balancer, slot, processes),
         )
-    dimse = DimseServer(
-        settings,
-        archive,
-        peer_registry(settings),
-        shared_socket=shared_socket,
-        balancer=balancer,
-        processes=processes,
-    )
+    dimse = _dimse_server(settings, archive, shared_socket, balancer, processes)
     dimse_port = dimse.start()
     endpoint = DicomEndpoint(settings.dimse.ae_title, settings.host, dimse_port)
     http = HttpServer(create_app(archive, endpoint), settings.host, settings.http.port)
@@ -135,6 +128,24 @@ def start_archive(settings: Settings) -> RunningArchive:
     )
 
 
+def _dimse_server(
+    settings: Settings,
+    archive: Archive,
+    shared_socket: socket.socket | None,
+    balancer: AcceptBalancer | None,
+    processes: int,
+) -> DimseServer:
+    """The DIMSE server of one process (main or worker) over its own archive handle."""
+    return DimseServer(
+        settings,
+        archive,
+        peer_registry(settings),
+        shared_socket=shared_socket,
+        balancer=balancer,
+        processes=processes,
+    )
+
+
 def _run_dimse_worker(
     settings: Settings,
     shared_socket: socket.socket | None,
@@ -149,14 +160,7 @@ def _run_dimse_worker(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C: the main process stops us
     archive, executor = open_archive(settings, migrate=False)
-    dimse = DimseServer(
-        settings,
-        archive,
-        peer_registry(settings),
-        shared_socket=shared_socket,
-        balancer=balancer,
-        processes=processes,
-    )
+    dimse = _dimse_server(settings, archive, shared_socket, balancer, processes)
     dimse.start()
     stop.wait()
     dimse.stop()
