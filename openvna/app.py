@@ -14,7 +14,12 @@ from openvna.archive.service import Archive, StabilityMonitor, SweepReport
 from openvna.config import Settings
 from openvna.dimse.peers import PeerRegistry
 from openvna.dimse.server import DimseServer
-from openvna.dimse.workers import AcceptBalancer, fork_workers, listening_socket, stop_workers
+from openvna.dimse.workers import (
+    AcceptBalancer,
+    dimse_listening_socket,
+    fork_workers,
+    stop_workers,
+)
 from openvna.errors import OpenVNAError
 from openvna.index.database import create_index_engine, upgrade_schema
 from openvna.storage.filesystem import FilesystemStorage
@@ -89,7 +94,7 @@ def start_archive(settings: Settings) -> RunningArchive:
     workers: list[int] = []
     if processes > 1:
         try:
-            shared_socket = listening_socket(settings.host, settings.dimse.port)
+            shared_socket = dimse_listening_socket(settings.host, settings.dimse.port)
         except OSError as error:
             archive.close()
             raise OpenVNAError(

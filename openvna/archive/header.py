@@ -148,7 +148,7 @@ def _raw_elements(dataset: Dataset) -> Iterator[Any]:
         yield dataset.get_item(tag, keep_deferred=True)
 
 
-def _source_size(source: BinaryIO) -> int:
+def source_size(source: BinaryIO) -> int:
     """Size of a seekable source: a real file or an in-memory buffer (``BytesIO``)."""
     try:
         return os.fstat(source.fileno()).st_size
@@ -171,7 +171,7 @@ def _check_file_meta_complete(source: BinaryIO) -> None:
     group_length = source.read(12)
     if len(group_length) == 12 and group_length[:6] == b"\x02\x00\x00\x00UL":
         end_of_meta += int.from_bytes(group_length[8:], "little")
-    file_size = _source_size(source)
+    file_size = source_size(source)
     if file_size < end_of_meta:
         raise InvalidInstanceError(
             f"truncated: File Meta Information needs {end_of_meta} bytes, file has {file_size}"
@@ -188,7 +188,7 @@ def _check_complete(source: BinaryIO, dataset: Dataset, dataset_offset: int) -> 
     """
     if str(getattr(dataset.file_meta, "TransferSyntaxUID", "")) in _DEFLATED:
         return  # inflated into memory by pydicom; zlib reports truncation itself
-    file_size = _source_size(source)
+    file_size = source_size(source)
     end_of_data = dataset_offset
     last_undefined = -1
     offsets_known = True
@@ -234,4 +234,4 @@ def _looks_like_raw_dataset(head: bytes) -> bool:
     return head[:2] in (b"\x08\x00", b"\x02\x00", b"\x00\x08")
 
 
-__all__ = ["InstanceHeader", "is_valid_uid", "read_file_meta_info", "read_header"]
+__all__ = ["InstanceHeader", "is_valid_uid", "read_file_meta_info", "read_header", "source_size"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import struct
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import BinaryIO
 from openvna import __version__
 from openvna.archive.dicomjson import dataset_to_json
 from openvna.archive.events import EventBus, InstanceStored
-from openvna.archive.header import InstanceHeader, read_header
+from openvna.archive.header import InstanceHeader, read_header, source_size
 from openvna.config import IngestSettings
 from openvna.errors import (
     DuplicateInstanceError,
@@ -101,7 +100,7 @@ class Ingestor:
             A subclass naming what was wrong, carrying its DICOM and HTTP status;
             ``DuplicateInstanceError`` is a warning (the archive already holds that UID).
         """
-        size = _size_of(source)
+        size = source_size(source)
         if size > self._settings.max_dataset_bytes:
             raise InstanceTooLargeError(
                 f"instance of {size} bytes exceeds the limit of "
@@ -174,17 +173,6 @@ class Ingestor:
             storage_key=kept_key,
             warnings=list(header.warnings),
         )
-
-
-def _size_of(source: BinaryIO) -> int:
-    try:
-        return os.fstat(source.fileno()).st_size
-    except (AttributeError, OSError):
-        position = source.tell()
-        source.seek(0, os.SEEK_END)
-        size = source.tell()
-        source.seek(position)
-        return size
 
 
 def _check_expected(header: InstanceHeader, expected: ExpectedIdentity) -> None:

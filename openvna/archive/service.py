@@ -62,6 +62,16 @@ class Archive:
         self.engine.dispose()
         self.storage.close()
 
+    # -- status ------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Patients, studies, series and instances in the index (full counts: not for
+        hot paths)."""
+        return self.repository.counts()
+
+    def check_index(self) -> None:
+        """Raise when the index does not answer; cheap enough for every health probe."""
+        self.repository.ping()
+
     # -- ingest ------------------------------------------------------------------------
     def ingest_file(
         self, source: BinaryIO, *, origin: Origin, expected: ExpectedIdentity | None = None

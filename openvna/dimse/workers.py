@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from openvna.net import listening_socket
+
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -62,20 +64,10 @@ class AcceptBalancer:
         self._deferred_since = None
 
 
-def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
-    """The DIMSE socket, bound and listening, non-blocking so that a process woken for a
-    connection a sibling took returns to its select loop instead of blocking."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.listen(backlog)
-    sock.setblocking(False)
-    return sock
+def dimse_listening_socket(host: str, port: int) -> socket.socket:
+    """The DIMSE socket shared by every DIMSE process; non-blocking, so that a process
+    woken for a connection a sibling took returns to its select loop instead of blocking."""
+    return listening_socket(host, port, blocking=False)
 
 
 def fork_workers(count: int, run_worker: Callable[[int], None]) -> list[int]:

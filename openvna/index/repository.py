@@ -378,6 +378,11 @@ class IndexRepository:
         with self.engine.connect() as connection:
             return int(connection.execute(select(func.count()).select_from(instances)).scalar_one())
 
+    def ping(self) -> None:
+        """Raise when the index cannot answer (a trivial query, not a table scan)."""
+        with self.engine.connect() as connection:
+            connection.execute(select(1)).scalar_one()
+
     def counts(self) -> dict[str, int]:
         """How many patients, studies, series and instances the index holds."""
         tables = {"patients": patients, "studies": studies, "series": series}

@@ -33,7 +33,7 @@ def create_app(archive: Archive, dicom: DicomEndpoint) -> Starlette:
     """The HTTP application over one archive."""
 
     async def system(request: Request) -> Response:
-        counts = await run_in_threadpool(archive.repository.counts)
+        counts = await run_in_threadpool(archive.counts)
         return JSONResponse(
             {
                 "name": "OpenVNA",
@@ -46,7 +46,7 @@ def create_app(archive: Archive, dicom: DicomEndpoint) -> Starlette:
     async def health(request: Request) -> Response:
         """200 when the index answers, 503 otherwise (for load balancers and probes)."""
         try:
-            await run_in_threadpool(archive.repository.count_instances)
+            await run_in_threadpool(archive.check_index)
         except Exception as error:  # any index failure means "not healthy"
             return JSONResponse({"status": "unavailable", "reason": str(error)}, status_code=503)
         return JSONResponse({"status": "ok"})

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import uvicorn
 
 from openvna.errors import OpenVNAError
+from openvna.net import listening_socket
 
 
 class HttpServer:
@@ -23,17 +23,12 @@ class HttpServer:
 
     def start(self) -> int:
         """Bind, start serving in a thread and return the bound port."""
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((self._host, self._port))
+            sock = listening_socket(self._host, self._port, blocking=True)
         except OSError as error:
-            sock.close()
             raise OpenVNAError(
                 f"cannot listen for HTTP on {self._host}:{self._port}: {error}"
             ) from error
-        sock.listen(128)
         port = int(sock.getsockname()[1])
         config = uvicorn.Config(
             self._app,  # type: ignore[arg-type]
