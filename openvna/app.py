@@ -109,7 +109,9 @@ def start_archive(settings: Settings) -> RunningArchive:
     dimse = _dimse_server(settings, archive, shared_socket, balancer, processes)
     dimse_port = dimse.start()
     endpoint = DicomEndpoint(settings.dimse.ae_title, settings.host, dimse_port)
-    http = HttpServer(create_app(archive, endpoint), settings.host, settings.http.port)
+    http = HttpServer(
+        create_app(archive, endpoint, settings.http), settings.host, settings.http.port
+    )
     try:
         http_port = http.start()
     except Exception:

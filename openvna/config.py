@@ -75,11 +75,29 @@ class DimseSettings(BaseModel):
 
 
 class HttpSettings(BaseModel):
-    """HTTP listener settings (DICOMweb and REST come with the web adapter)."""
+    """HTTP listener: DICOMweb under ``/dicom-web``, the REST API, the viewer."""
 
     model_config = ConfigDict(extra="forbid")  # a mistyped key is an error, not ignored
 
     port: int = Field(default=8042, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None,
+        description="external base URL (e.g. https://pacs.example.org) used in RetrieveURL "
+        "and BulkDataURI; default: taken from each request's Host header",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins allowed to call the HTTP API from a browser ('*' for any)",
+    )
+    max_request_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1024,
+        description="largest STOW-RS request body accepted (413 beyond it)",
+    )
+    viewer_dir: Path | None = Field(
+        default=None,
+        description="folder of the built OHIF viewer (its dist) served at /viewer",
+    )
 
 
 class IngestSettings(BaseModel):

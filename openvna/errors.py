@@ -80,3 +80,31 @@ class UnknownDestinationError(OpenVNAError):
 
     dicom_status = 0xA801  # Refused: move destination unknown
     http_status = 400
+
+
+class NotAcceptableError(OpenVNAError):
+    """No representation the client accepts can be produced (HTTP ``Accept``)."""
+
+    dicom_status = 0xC000
+    http_status = 406
+
+
+class UnsupportedMediaTypeError(OpenVNAError):
+    """The request body's media type is not one this endpoint takes."""
+
+    dicom_status = 0xC000
+    http_status = 415
+
+
+class RequestTooLargeError(OpenVNAError):
+    """The request body exceeds the configured limit (``http.max_request_bytes``)."""
+
+    dicom_status = 0xA700
+    http_status = 413
+
+
+class BadRequestError(OpenVNAError):
+    """The HTTP request is malformed (bad parameter, bad multipart body)."""
+
+    dicom_status = 0xC000
+    http_status = 400

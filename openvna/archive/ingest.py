@@ -114,9 +114,11 @@ class Ingestor:
         except (ValueError, TypeError, KeyError) as error:
             raise InvalidInstanceError(f"unreadable attribute value: {error}") from error
 
+        file_meta = canonical_file_meta(header)
+        pixel_location = pixel_data_location(header, len(file_meta))
         pending = self._storage.begin_write()
         try:
-            _write_canonical_file(pending, source, header)
+            _write_canonical_file(pending, source, header, file_meta)
             stored = pending.commit()
         except OpenVNAError:
             pending.discard()
@@ -136,6 +138,8 @@ class Ingestor:
             stored=stored,
             calling_aet=origin.calling_aet,
             received_at=time.time(),
+            pixel_data_offset=pixel_location[0] if pixel_location else None,
+            pixel_data_length=pixel_location[1] if pixel_location else None,
         )
         try:
             result = self._repository.store_instance(record, self._settings.duplicate_policy)
@@ -221,8 +225,30 @@ _IMPLEMENTATION_ELEMENTS = _meta_element(0x0012, "UI", IMPLEMENTATION_CLASS_UID)
 )
 
 
-def _write_canonical_file(pending: PendingWrite, source: BinaryIO, header: InstanceHeader) -> None:
-    pending.write(canonical_file_meta(header))
+def pixel_data_location(header: InstanceHeader, file_meta_length: int) -> tuple[int, int] | None:
+    """(offset in the stored file, value length) of the top-level Pixel Data value.
+
+    None when the instance has no Pixel Data or its bytes are not addressable in the
+    stored file (Deflated transfer syntax: the data set is compressed as a whole).
+    """
+    if header.transfer_syntax_uid in _DEFLATED_SYNTAXES or _PIXEL_DATA not in header.dataset:
+        return None
+    raw = header.dataset.get_item(_PIXEL_DATA, keep_deferred=True)
+    value_tell = getattr(raw, "value_tell", None)
+    length = getattr(raw, "length", None)
+    if value_tell is None or length is None:
+        return None
+    return file_meta_length + int(value_tell) - header.dataset_offset, int(length)
+
+
+_PIXEL_DATA = 0x7FE00010
+_DEFLATED_SYNTAXES = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+
+
+def _write_canonical_file(
+    pending: PendingWrite, source: BinaryIO, header: InstanceHeader, file_meta: bytes
+) -> None:
+    pending.write(file_meta)
     source.seek(header.dataset_offset)
     while chunk := source.read(_COPY_CHUNK):
         pending.write(chunk)

@@ -63,6 +63,10 @@ def serve(
         float | None,
         typer.Option(help="Seconds without new instances before a study is stable (default 60)."),
     ] = None,
+    viewer_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder of the built OHIF viewer to serve at /viewer."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Start the archive: DIMSE and HTTP listeners and the study stability monitor."""
@@ -72,7 +76,12 @@ def serve(
         data_dir,
         host=host,
         stable_after=stable_after,
-        **{"dimse.port": dicom_port, "http.port": http_port, "dimse.ae_title": aet},
+        **{
+            "dimse.port": dicom_port,
+            "http.port": http_port,
+            "dimse.ae_title": aet,
+            "http.viewer_dir": viewer_dir,
+        },
     )
     running = start_archive(settings)
     count = running.archive.repository.count_instances()
@@ -87,8 +96,9 @@ def serve(
         f"{running.dimse_port}\n"
         f"          findscu -S -aec {settings.dimse.ae_title} -k QueryRetrieveLevel=STUDY "
         f"-k PatientName= -k StudyDate= {settings.host} {running.dimse_port}\n"
-        f"  HTTP:   {http_url}/api/system (archive status; DICOMweb and the viewer "
-        "come with issue #3)\n"
+        f"  DICOMweb: {http_url}/dicom-web  (e.g. curl {http_url}/dicom-web/studies)\n"
+        f"  Viewer: {http_url}/viewer/  (OHIF; installed by make run)\n"
+        f"  Status: {http_url}/api/system\n"
         "  Press Ctrl+C to stop."
     )
     stop = threading.Event()

@@ -53,6 +53,10 @@ class InstanceRecord:
     stored: StoredObject
     calling_aet: str
     received_at: float
+    pixel_data_offset: int | None = None
+    """Offset of the Pixel Data value in the stored file (None: none, or not addressable)."""
+    pixel_data_length: int | None = None
+    """Its value length; 0xFFFFFFFF when encapsulated (PS3.5 A.4)."""
 
 
 class _StoreTicket:
@@ -274,6 +278,8 @@ class IndexRepository:
             received_at=record.received_at,
             calling_aet=record.calling_aet[:16],
             dicom_json=record.header_text,
+            pixel_data_offset=record.pixel_data_offset,
+            pixel_data_length=record.pixel_data_length,
         )
         return _clip(instances.c, values)
 

@@ -129,6 +129,10 @@ instances = Table(
     Column("received_at", Float, nullable=False),
     Column("calling_aet", String(16), nullable=False, default=""),
     Column("dicom_json", Text, nullable=False),
+    # Where the Pixel Data value starts in the stored file and its length (0xFFFFFFFF
+    # when encapsulated): WADO-RS frames and bulk data read it without parsing the file.
+    Column("pixel_data_offset", BigInteger, nullable=True),
+    Column("pixel_data_length", BigInteger, nullable=True),
     UniqueConstraint("sop_instance_uid", "version", name="uq_instances_uid_version"),
 )
 Index("ix_instances_series_pk", instances.c.series_pk)

@@ -1,9 +1,9 @@
 """Starlette application of the HTTP adapter.
 
 Thin by design (ARCHITECTURE.md): every endpoint asks the :class:`Archive` facade and
-formats the answer; blocking index calls run in Starlette's thread pool. For now it
-answers what an operator or a load balancer needs to see that the archive is up and where
-its DICOM side listens; DICOMweb (``/dicom-web``) and the viewer arrive with issue #3.
+formats the answer; blocking index and file work runs in threads. It serves DICOMweb
+under ``/dicom-web`` (PS3.18), WADO-URI at ``/wado``, the REST API under ``/api`` (with
+its OpenAPI description at ``/api/openapi.json``) and the OHIF viewer at ``/viewer``.
 """
 
 from __future__ import annotations
@@ -12,12 +12,26 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 
 from openvna import __version__
 from openvna.archive.service import Archive
+from openvna.config import HttpSettings
+from openvna.errors import OpenVNAError
+from openvna.web import viewer
+from openvna.web.api import openapi_document
+from openvna.web.dicomweb import capabilities, frames, qido, stow, wado, wado_uri
+from openvna.web.dicomweb.context import DICOMWEB_ROOT, DicomWebContext
+from openvna.web.errors import (
+    http_error_handler,
+    openvna_error_handler,
+    unexpected_error_handler,
+)
 
 
 @dataclass(frozen=True)
@@ -29,31 +43,76 @@ class DicomEndpoint:
     port: int
 
 
-def create_app(archive: Archive, dicom: DicomEndpoint) -> Starlette:
+def create_app(
+    archive: Archive, dicom: DicomEndpoint, http: HttpSettings | None = None
+) -> Starlette:
     """The HTTP application over one archive."""
+    http = http or archive.settings.http
+    context = DicomWebContext(archive, http)
 
     async def system(request: Request) -> Response:
+        """Archive identity, where DICOM and DICOMweb clients connect, and counts."""
         counts = await run_in_threadpool(archive.counts)
         return JSONResponse(
             {
                 "name": "OpenVNA",
                 "version": __version__,
                 "dicom": {"aeTitle": dicom.ae_title, "host": dicom.host, "port": dicom.port},
+                "dicomweb": context.base_url(request),
+                "viewer": str(request.base_url).rstrip("/") + "/viewer",
                 "counts": counts,
             }
         )
 
     async def health(request: Request) -> Response:
-        """200 when the index answers, 503 otherwise (for load balancers and probes)."""
+        """Health probe: 200 when the index answers, 503 otherwise."""
         try:
             await run_in_threadpool(archive.check_index)
         except Exception as error:  # any index failure means "not healthy"
             return JSONResponse({"status": "unavailable", "reason": str(error)}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/viewer/" if viewer.installed(http) else "/api/system")
+
+    dicomweb_routes: list[BaseRoute] = [
+        *capabilities.routes(context),
+        *stow.routes(context),
+        *qido.routes(context),
+        *frames.routes(context),
+        *wado.routes(context),
+    ]
+    api_routes: list[BaseRoute] = [
+        Route("/system", system, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+    ]
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document(api_routes, prefix="/api"))
+
+    middleware = []
+    if http.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=http.cors_origins,
+                allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["Warning", "Content-Location", "Location"],
+            )
+        )
     return Starlette(
         routes=[
-            Route("/api/system", system, methods=["GET"]),
-            Route("/api/health", health, methods=["GET"]),
-        ]
+            Route("/", home, methods=["GET"]),
+            Mount("/api", routes=[*api_routes, Route("/openapi.json", openapi)]),
+            Mount(DICOMWEB_ROOT, routes=dicomweb_routes),
+            *wado_uri.routes(context),
+            *viewer.routes(http),
+        ],
+        middleware=middleware,
+        exception_handlers={
+            OpenVNAError: openvna_error_handler,
+            HTTPException: http_error_handler,
+            Exception: unexpected_error_handler,
+        },
     )
