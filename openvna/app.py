@@ -25,7 +25,7 @@ from openvna.index.database import create_index_engine, upgrade_schema
 from openvna.storage.filesystem import FilesystemStorage
 from openvna.tasks.inprocess import InProcessExecutor
 from openvna.web.app import DicomEndpoint, create_app
-from openvna.web.server import HttpServer
+from openvna.web.server import HttpServer, http_listening_socket
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class RunningArchive:
     dimse: DimseServer
     dimse_workers: list[int]
     dimse_socket: socket.socket | None
+    http_socket: socket.socket | None
     http: HttpServer
     monitor: StabilityMonitor
     dimse_port: int
@@ -69,8 +70,9 @@ class RunningArchive:
         self.http.stop()
         stop_workers(self.dimse_workers)
         self.dimse.stop()
-        if self.dimse_socket is not None:
-            self.dimse_socket.close()
+        for shared in (self.dimse_socket, self.http_socket):
+            if shared is not None:
+                shared.close()
         self.monitor.stop()
         self.executor.shutdown(wait=True)
         self.archive.close()
@@ -90,27 +92,41 @@ def start_archive(settings: Settings) -> RunningArchive:
     sweep = archive.sweep()
     processes = dimse_process_count(settings)
     shared_socket: socket.socket | None = None
+    http_socket: socket.socket | None = None
     balancer: AcceptBalancer | None = None
     workers: list[int] = []
     if processes > 1:
         try:
             shared_socket = dimse_listening_socket(settings.host, settings.dimse.port)
+            http_socket = http_listening_socket(settings.host, settings.http.port)
         except OSError as error:
+            if shared_socket is not None:
+                shared_socket.close()
             archive.close()
             raise OpenVNAError(
                 f"cannot listen for DICOM on {settings.host}:{settings.dimse.port}: {error}"
             ) from error
+        except OpenVNAError:
+            if shared_socket is not None:
+                shared_socket.close()
+            archive.close()
+            raise
         balancer = AcceptBalancer(processes)
         archive.engine.dispose()  # no database connection may cross the fork
         workers = fork_workers(
             processes - 1,
-            lambda slot: _run_dimse_worker(settings, shared_socket, balancer, slot, processes),
+            lambda slot: _run_worker(
+                settings, shared_socket, http_socket, balancer, slot, processes
+            ),
         )
     dimse = _dimse_server(settings, archive, shared_socket, balancer, processes)
     dimse_port = dimse.start()
     endpoint = DicomEndpoint(settings.dimse.ae_title, settings.host, dimse_port)
     http = HttpServer(
-        create_app(archive, endpoint, settings.http), settings.host, settings.http.port
+        create_app(archive, endpoint, settings.http),
+        settings.host,
+        settings.http.port,
+        sock=http_socket,
     )
     try:
         http_port = http.start()
@@ -127,6 +143,7 @@ def start_archive(settings: Settings) -> RunningArchive:
         dimse,
         workers,
         shared_socket,
+        http_socket,
         http,
         monitor,
         dimse_port,
@@ -153,14 +170,16 @@ def _dimse_server(
     )
 
 
-def _run_dimse_worker(
+def _run_worker(
     settings: Settings,
     shared_socket: socket.socket | None,
+    http_socket: socket.socket | None,
     balancer: AcceptBalancer | None,
     slot: int,
     processes: int,
 ) -> None:
-    """Body of a forked DIMSE worker: its own index connections, the shared socket."""
+    """Body of a forked server process: its own index connections, the shared DIMSE and
+    HTTP sockets (HTTP, like DIMSE, is GIL-bound in one process)."""
     assert balancer is not None
     balancer.slot = slot
     stop = threading.Event()
@@ -168,8 +187,20 @@ def _run_dimse_worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C: the main process stops us
     archive, executor = open_archive(settings, migrate=False)
     dimse = _dimse_server(settings, archive, shared_socket, balancer, processes)
-    dimse.start()
+    dimse_port = dimse.start()
+    http: HttpServer | None = None
+    if http_socket is not None:
+        endpoint = DicomEndpoint(settings.dimse.ae_title, settings.host, dimse_port)
+        http = HttpServer(
+            create_app(archive, endpoint, settings.http),
+            settings.host,
+            settings.http.port,
+            sock=http_socket,
+        )
+        http.start()
     stop.wait()
+    if http is not None:
+        http.stop()
     dimse.stop()
     executor.shutdown(wait=True)
     archive.close()

@@ -94,6 +94,11 @@ class HttpSettings(BaseModel):
         ge=1024,
         description="largest STOW-RS request body accepted (413 beyond it)",
     )
+    qido_max_results: int = Field(
+        default=10000,
+        ge=1,
+        description="most results one QIDO-RS response holds (Warning header when cut)",
+    )
     viewer_dir: Path | None = Field(
         default=None,
         description="folder of the built OHIF viewer (its dist) served at /viewer",

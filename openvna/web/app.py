@@ -59,7 +59,7 @@ def create_app(
                 "version": __version__,
                 "dicom": {"aeTitle": dicom.ae_title, "host": dicom.host, "port": dicom.port},
                 "dicomweb": context.base_url(request),
-                "viewer": str(request.base_url).rstrip("/") + "/viewer",
+                "viewer": context.viewer_url(request),
                 "counts": counts,
             }
         )
@@ -76,12 +76,12 @@ def create_app(
         return RedirectResponse("/viewer/" if viewer.installed(http) else "/api/system")
 
     dicomweb_routes: list[BaseRoute] = [
-        *capabilities.routes(context),
         *stow.routes(context),
         *qido.routes(context),
         *frames.routes(context),
         *wado.routes(context),
     ]
+    describe_dicomweb = capabilities.endpoint(context, dicomweb_routes)
     api_routes: list[BaseRoute] = [
         Route("/system", system, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
@@ -105,7 +105,11 @@ def create_app(
         routes=[
             Route("/", home, methods=["GET"]),
             Mount("/api", routes=[*api_routes, Route("/openapi.json", openapi)]),
-            Mount(DICOMWEB_ROOT, routes=dicomweb_routes),
+            Route(DICOMWEB_ROOT, describe_dicomweb, methods=["OPTIONS"]),
+            Mount(
+                DICOMWEB_ROOT,
+                routes=[Route("/", describe_dicomweb, methods=["OPTIONS"]), *dicomweb_routes],
+            ),
             *wado_uri.routes(context),
             *viewer.routes(http),
         ],

@@ -26,7 +26,12 @@ class DicomWebContext:
         """
         if self.http.public_url:
             return self.http.public_url.rstrip("/") + DICOMWEB_ROOT
-        return str(request.base_url).rstrip("/") + DICOMWEB_ROOT
+        return origin(request) + DICOMWEB_ROOT
+
+    def viewer_url(self, request: Request) -> str:
+        if self.http.public_url:
+            return self.http.public_url.rstrip("/") + "/viewer"
+        return origin(request) + "/viewer"
 
     def study_url(self, request: Request, study_uid: str) -> str:
         return f"{self.base_url(request)}/studies/{study_uid}"
@@ -38,3 +43,34 @@ class DicomWebContext:
         self, request: Request, study_uid: str, series_uid: str, sop_instance_uid: str
     ) -> str:
         return f"{self.series_url(request, study_uid, series_uid)}/instances/{sop_instance_uid}"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(request: Request) -> str:
+    """``scheme://host[:port]`` of this server as the client addressed it.
+
+    Some clients (dicomweb-client among them) send a Host header without the port even
+    on a non-default port; when the Host header has no port, the port the connection
+    actually reached is used, unless that is the scheme's default. Behind a proxy, set
+    ``http.public_url`` instead.
+    """
+    scheme = request.url.scheme
+    host = request.headers.get("host", "")
+    server = request.scope.get("server")
+    if not host:
+        if server is None:
+            return f"{scheme}://localhost"
+        host = f"{server[0]}:{server[1]}"
+    elif not _has_port(host) and server is not None:
+        port = int(server[1])
+        if port != _DEFAULT_PORTS.get(scheme):
+            host = f"{host}:{port}"
+    return f"{scheme}://{host}"
+
+
+def _has_port(host: str) -> bool:
+    if host.startswith("["):  # IPv6 literal: [::1]:8042
+        return "]:" in host
+    return ":" in host
