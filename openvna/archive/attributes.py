@@ -100,6 +100,7 @@ INDEXED_ATTRIBUTES: tuple[IndexedAttribute, ...] = (
     _a("Rows", 0x00280010, "US", Level.IMAGE, "rows"),
     _a("Columns", 0x00280011, "US", Level.IMAGE, "columns"),
     _a("NumberOfFrames", 0x00280008, "IS", Level.IMAGE, "number_of_frames"),
+    _a("BitsAllocated", 0x00280100, "US", Level.IMAGE, "bits_allocated"),
     _a("ContentDate", 0x00080023, "DA", Level.IMAGE, "content_date"),
     _a("ContentTime", 0x00080033, "TM", Level.IMAGE, "content_time"),
 )
@@ -126,7 +127,14 @@ UNIQUE_KEY: dict[Level, str] = {
     Level.IMAGE: "SOPInstanceUID",
 }
 
-INTEGER_COLUMNS = {"series_number", "instance_number", "rows", "columns", "number_of_frames"}
+INTEGER_COLUMNS = {
+    "series_number",
+    "instance_number",
+    "rows",
+    "columns",
+    "number_of_frames",
+    "bits_allocated",
+}
 
 
 def json_value(header: dict[str, Any], tag: int, path: tuple[int, ...] = ()) -> Any:

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from openvna.archive.events import EventBus, StudyStable
 from openvna.archive.ingest import ExpectedIdentity, Ingestor, IngestResult, Origin
+from openvna.archive.pixels import PixelStore
 from openvna.archive.query import Query
 from openvna.config import Settings
 from openvna.index.repository import IndexRepository
@@ -56,6 +57,8 @@ class Archive:
         self.repository = IndexRepository(engine)
         self.index = IndexSearch(engine)
         self.ingestor = Ingestor(storage, self.repository, bus, settings.ingest)
+        self.pixels = PixelStore(engine, storage)
+        """Frame reads with their fragment-table cache, shared by every pixel endpoint."""
 
     def close(self) -> None:
         """Release the index connections and this process's claim on storage."""

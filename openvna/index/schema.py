@@ -121,6 +121,7 @@ instances = Table(
     Column("rows", Integer, nullable=True),
     Column("columns", Integer, nullable=True),
     Column("number_of_frames", Integer, nullable=True),
+    Column("bits_allocated", Integer, nullable=True),
     Column("content_date", DA, nullable=False, default=""),
     Column("content_time", TM, nullable=False, default=""),
     Column("storage_key", String(128), nullable=False, unique=True),

@@ -20,6 +20,7 @@ from openvna.archive.attributes import (
     BY_KEYWORD,
     BY_TAG,
     COMPUTED_ATTRIBUTES,
+    INTEGER_COLUMNS,
     Level,
 )
 from openvna.archive.query import Condition, MatchKind, Query, matches_header, upper_bound
@@ -35,6 +36,7 @@ _NORMALIZED_PN = {
     "patient_name": patients.c.patient_name_norm,
     "referring_physician_name": studies.c.referring_physician_name_norm,
 }
+_REQUEST_ATTRIBUTES = 0x00400275
 _LEVEL_DEPTH = {
     level: depth
     for depth, level in enumerate((Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE))
@@ -70,13 +72,7 @@ def condition_clause(condition: Condition) -> ColumnElement[bool]:
     column = _column(condition)
     fold = condition.vr == "PN"
     values = [v.upper() for v in condition.values] if fold else list(condition.values)
-    if condition.indexed is not None and condition.indexed.column in {
-        "series_number",
-        "instance_number",
-        "rows",
-        "columns",
-        "number_of_frames",
-    }:
+    if condition.indexed is not None and condition.indexed.column in INTEGER_COLUMNS:
         try:
             numbers = [int(v) for v in values]
         except ValueError:
@@ -166,7 +162,10 @@ class IndexSearch:
         needs_header = (
             bool(header_conditions)
             or query.include_all
-            or any(tag not in BY_TAG and not _is_computed(tag) for tag in query.return_tags)
+            or any(
+                tag not in BY_TAG and not _is_computed(tag) and tag != _REQUEST_ATTRIBUTES
+                for tag in query.return_tags
+            )
         )
         paginate_in_sql = not header_conditions
         if paginate_in_sql:
@@ -282,7 +281,8 @@ def _build_result(query: Query, row: Any, header: dict[str, Any]) -> dict[str, A
             continue
         if key in header:
             result[key] = header[key]
-    # Nested indexed keys (Request Attributes Sequence items) come from the header.
+    # Nested indexed keys (Request Attributes Sequence items) come from the header, or
+    # from their columns when no header was read.
     for attribute in BY_KEYWORD.values():
         if (
             attribute.path
@@ -290,6 +290,20 @@ def _build_result(query: Query, row: Any, header: dict[str, Any]) -> dict[str, A
             and attribute.path[0] in query.return_tags
         ):
             result[f"{attribute.path[0]:08X}"] = header[f"{attribute.path[0]:08X}"]
+    key = f"{_REQUEST_ATTRIBUTES:08X}"
+    if (
+        _REQUEST_ATTRIBUTES in query.return_tags
+        and key not in result
+        and not header
+        and _LEVEL_DEPTH[query.level] >= _LEVEL_DEPTH[Level.SERIES]
+    ):
+        item = {
+            f"{attribute.tag:08X}": _element(attribute.vr, [row[series.c[attribute.column]]])
+            for attribute in BY_KEYWORD.values()
+            if attribute.path == (_REQUEST_ATTRIBUTES,) and row[series.c[attribute.column]]
+        }
+        if item:
+            result[key] = {"vr": "SQ", "Value": [item]}
     return result
 
 

@@ -228,7 +228,8 @@ def test_wrong_accept_gets_406(stored_archive: ArchiveProcess, sample_studies: S
     code, _ = error_of(
         stored_archive,
         f"/dicom-web/studies/{study}",
-        Accept='multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50',
+        Accept='multipart/related; type="application/dicom"; '
+        "transfer-syntax=1.2.840.10008.1.2.4.50",
     )
     assert code == 406  # lossy JPEG is never produced from a lossless original
     code, _ = error_of(stored_archive, f"/dicom-web/studies/{study}/metadata", Accept="text/html")

@@ -46,7 +46,6 @@ STUDY_DEFAULTS: tuple[int, ...] = (
     0x00080050,  # AccessionNumber
     0x00080061,  # ModalitiesInStudy
     0x00080090,  # ReferringPhysicianName
-    0x00080201,  # TimezoneOffsetFromUTC
     0x00081030,  # StudyDescription
     0x00100010,  # PatientName
     0x00100020,  # PatientID
@@ -57,11 +56,15 @@ STUDY_DEFAULTS: tuple[int, ...] = (
     0x00201206,  # NumberOfStudyRelatedSeries
     0x00201208,  # NumberOfStudyRelatedInstances
 )
-"""PS3.18 Table 10.6.3-3 (and StudyDescription, which every study list shows)."""
+"""PS3.18 Table 10.6.3-3 (and StudyDescription, which every study list shows).
+
+TimezoneOffsetFromUTC is left out of the defaults at every level: the index has no
+column for it, and asking for it costs a stored-header read per result (include it with
+``includefield=TimezoneOffsetFromUTC``).
+"""
 
 SERIES_DEFAULTS: tuple[int, ...] = (
     0x00080060,  # Modality
-    0x00080201,  # TimezoneOffsetFromUTC
     0x0008103E,  # SeriesDescription
     _SERIES_UID,
     0x00200011,  # SeriesNumber
@@ -75,7 +78,6 @@ SERIES_DEFAULTS: tuple[int, ...] = (
 INSTANCE_DEFAULTS: tuple[int, ...] = (
     0x00080016,  # SOPClassUID
     _SOP_INSTANCE_UID,
-    0x00080201,  # TimezoneOffsetFromUTC
     0x00200013,  # InstanceNumber
     0x00280010,  # Rows
     0x00280011,  # Columns

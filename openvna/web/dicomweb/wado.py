@@ -31,7 +31,8 @@ from starlette.routing import BaseRoute, Route
 
 from openvna.archive.transcode import EXPLICIT_VR_LITTLE_ENDIAN, can_produce, transcode
 from openvna.errors import BadRequestError, NotAcceptableError, NotFoundError
-from openvna.index.metadata import InstanceLocation, find_instance_location, iter_headers
+from openvna.index.metadata import iter_headers
+from openvna.index.pixels import PixelSource, find_pixel_source
 from openvna.index.search import RetrievableInstance
 from openvna.web.dicomweb.context import DicomWebContext
 from openvna.web.dicomweb.media import (
@@ -296,10 +297,8 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         study, series, instance = params["study"], params["series"], params["instance"]
         tag = _parse_tag(params["tag"])
         location = await to_thread.run_sync(
-            find_instance_location, archive.engine, study, series, instance
+            find_pixel_source, archive.engine, study, series, instance
         )
-        if location is None:
-            raise NotFoundError(_not_found(study, series, instance))
         accept = parse_accept(request.headers.get("accept"))
         if (
             tag == _PIXEL_DATA
@@ -329,7 +328,7 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         )
 
     async def _native_pixel_bulkdata(
-        request: Request, accept: list[MediaRange], location: InstanceLocation
+        request: Request, accept: list[MediaRange], location: PixelSource
     ) -> Response:
         """Uncompressed Pixel Data: a byte range of the stored file, never parsed."""
         assert location.pixel_data_offset is not None and location.pixel_data_length is not None
@@ -419,9 +418,7 @@ def _find_element(dataset: Dataset, tag: int) -> Any:
     return None
 
 
-def _bulk_value_parts(
-    storage: Any, location: InstanceLocation, tag: int
-) -> list[tuple[str, bytes]]:
+def _bulk_value_parts(storage: Any, location: PixelSource, tag: int) -> list[tuple[str, bytes]]:
     """(media type, bytes) parts of one bulk value read with pydicom.
 
     Encapsulated Pixel Data is returned frame by frame in its compressed media type
