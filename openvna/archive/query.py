@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -138,9 +139,41 @@ def build_condition(tag: int, raw_value: str, *, list_separator: str = "\\") -> 
 
 
 def _check_temporal(keyword: str, vr: str, value: str) -> None:
+    """Reject malformed and impossible dates and times (PS3.5 Table 6.2-1): a month 13
+    or a 25th hour is a client error, not a query that silently matches nothing."""
     pattern = {"DA": _DATE, "TM": _TIME, "DT": _DATETIME}[vr]
-    if not pattern.match(value.replace(":", "") if vr == "TM" else value):
+    text = value.replace(":", "") if vr == "TM" else value
+    if not pattern.match(text) or not _plausible(vr, text):
         raise QueryError(f"invalid {vr} value {value!r} for {keyword}")
+
+
+def _plausible(vr: str, text: str) -> bool:
+    if vr == "DA":
+        return _valid_date(text)
+    if vr == "TM":
+        return _valid_time(text)
+    date_part = text[:8]
+    if len(date_part) == 8 and not _valid_date(date_part):
+        return False
+    if len(date_part) >= 6 and not 1 <= int(date_part[4:6]) <= 12:
+        return False
+    time_part = re.split(r"[+-]", text[8:])[0]
+    return not time_part or _valid_time(time_part)
+
+
+def _valid_date(text: str) -> bool:
+    try:
+        datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return False
+    return True
+
+
+def _valid_time(text: str) -> bool:
+    hours = int(text[0:2])
+    minutes = int(text[2:4]) if len(text) >= 4 else 0
+    seconds = int(text[4:6]) if len(text) >= 6 else 0
+    return hours < 24 and minutes < 60 and seconds < 61  # 60: a leap second
 
 
 def _range_condition(

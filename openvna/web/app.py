@@ -22,9 +22,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from openvna import __version__
 from openvna.archive.service import Archive
 from openvna.config import HttpSettings
-from openvna.errors import OpenVNAError
+from openvna.errors import BadRequestError, OpenVNAError, QueryError
 from openvna.web import viewer
-from openvna.web.api import openapi_document
+from openvna.web.api import openapi_document, study_list_query, study_summary
 from openvna.web.dicomweb import capabilities, frames, qido, stow, wado, wado_uri
 from openvna.web.dicomweb.context import DICOMWEB_ROOT, DicomWebContext
 from openvna.web.errors import (
@@ -72,6 +72,28 @@ def create_app(
             return JSONResponse({"status": "unavailable", "reason": str(error)}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    async def study_list(request: Request) -> Response:
+        """Studies with links to open each in the viewer and to retrieve it over DICOMweb.
+
+        Filters: PatientID, PatientName, StudyDate, AccessionNumber, ModalitiesInStudy
+        (DICOM matching: wildcards, date ranges); paging with limit (default 100) and
+        offset.
+        """
+        try:
+            query = study_list_query(dict(request.query_params), http.qido_max_results)
+        except QueryError as error:
+            raise BadRequestError(str(error)) from error
+        results = await run_in_threadpool(lambda: list(archive.search(query)))
+        origin_url = context.viewer_url(request).removesuffix("/viewer")
+        studies = []
+        for result in results:
+            summary = study_summary(result)
+            uid = summary["studyInstanceUID"]
+            summary["viewerUrl"] = viewer.study_viewer_url(origin_url, uid)
+            summary["dicomwebUrl"] = context.study_url(request, uid)
+            studies.append(summary)
+        return JSONResponse(studies)
+
     async def home(request: Request) -> Response:
         return RedirectResponse("/viewer/" if viewer.installed(http) else "/api/system")
 
@@ -85,6 +107,7 @@ def create_app(
     api_routes: list[BaseRoute] = [
         Route("/system", system, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        Route("/studies", study_list, methods=["GET"]),
     ]
 
     async def openapi(request: Request) -> Response:

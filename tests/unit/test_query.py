@@ -161,10 +161,42 @@ def test_build_condition_classifies_each_matching_kind() -> None:
     assert uid is not None and uid.kind is MatchKind.SINGLE
 
 
-@pytest.mark.parametrize("value", ["2024011", "20240132x", "20240201-20240101", "a-b"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2024011",
+        "20240132x",
+        "20240201-20240101",
+        "a-b",
+        "20241301",
+        "20240230",
+        "20240101-20241232",
+    ],
+)
 def test_invalid_dates_and_reversed_ranges_are_query_errors(value: str) -> None:
     with pytest.raises(QueryError):
         build_condition(0x00080020, value)
+
+
+@pytest.mark.parametrize(
+    ("tag", "value"), [(0x00080030, "2500"), (0x00080030, "1261"), (0x0008002A, "20241301120000")]
+)
+def test_impossible_times_are_query_errors(tag: int, value: str) -> None:
+    with pytest.raises(QueryError):
+        build_condition(tag, value)
+
+
+@pytest.mark.parametrize(
+    ("tag", "value"),
+    [
+        (0x00080020, "20240229"),
+        (0x00080030, "235960"),
+        (0x0008002A, "2024"),
+        (0x0008002A, "20240101120000+0100"),
+    ],
+)
+def test_valid_edge_dates_and_times_are_accepted(tag: int, value: str) -> None:
+    assert build_condition(tag, value) is not None
 
 
 def test_missing_or_invalid_level_is_a_query_error(archive: Archive) -> None:
