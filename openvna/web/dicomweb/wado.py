@@ -30,7 +30,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from openvna.archive.transcode import EXPLICIT_VR_LITTLE_ENDIAN, can_produce, transcode
-from openvna.errors import BadRequestError, NotAcceptableError, NotFoundError
+from openvna.errors import (
+    BadRequestError,
+    NotAcceptableError,
+    NotFoundError,
+    OutOfResourcesError,
+)
 from openvna.index.metadata import iter_headers
 from openvna.index.pixels import PixelSource, find_pixel_source
 from openvna.index.search import RetrievableInstance
@@ -52,6 +57,8 @@ from openvna.web.dicomweb.media import (
 _READ_CHUNK = 4 * 1024 * 1024
 _WHOLE_FILE = 8 * 1024 * 1024
 """Files up to this size are read in one go (one thread hop per instance)."""
+_BATCH_BYTES = 8 * 1024 * 1024
+"""Small parts are read and sent together up to about this many bytes."""
 _PIXEL_DATA = 0x7FE00010
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _BULK_PREFIX = '"BulkDataURI":"bulkdata/'
@@ -150,6 +157,29 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         with storage.open(key) as handle:
             return handle.read()
 
+    def read_parts(parts: list[tuple[bytes, RetrievableInstance]]) -> memoryview:
+        """Several small parts (delimiter + headers, then the file) read into one buffer.
+
+        One thread hop and one socket write per few megabytes instead of two per
+        instance; files are read straight into the buffer (``readinto``), no extra copy.
+        """
+        total = sum(len(header) + instance.size_bytes for header, instance in parts)
+        view = memoryview(bytearray(total))
+        position = 0
+        for header, instance in parts:
+            view[position : position + len(header)] = header
+            position += len(header)
+            end = position + instance.size_bytes
+            with storage.open(instance.storage_key) as handle:
+                while position < end:
+                    count = handle.readinto(view[position:end])  # type: ignore[attr-defined]
+                    if not count:
+                        raise OutOfResourcesError(
+                            f"stored object {instance.storage_key} is shorter than indexed"
+                        )
+                    position += count
+        return view
+
     def transcoded(key: str, target: str) -> bytes:
         with storage.open(key) as handle:
             return transcode(handle, target)
@@ -204,18 +234,31 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         ]
         closing = closing_delimiter(boundary)
 
-        async def body() -> AsyncIterator[bytes]:
+        async def body() -> AsyncIterator[bytes | memoryview]:
+            batch: list[tuple[bytes, RetrievableInstance]] = []
+            batched = 0
             for part, header in zip(plan, part_headers, strict=True):
+                size = part.instance.size_bytes
+                if part.target_transfer_syntax is None and size <= _WHOLE_FILE:
+                    batch.append((header, part.instance))
+                    batched += len(header) + size
+                    if batched >= _BATCH_BYTES:
+                        yield await to_thread.run_sync(read_parts, batch)
+                        batch, batched = [], 0
+                    continue
+                if batch:
+                    yield await to_thread.run_sync(read_parts, batch)
+                    batch, batched = [], 0
                 yield header
                 if part.target_transfer_syntax is None:
-                    async for chunk in stream_file(
-                        part.instance.storage_key, part.instance.size_bytes
-                    ):
+                    async for chunk in stream_file(part.instance.storage_key, size):
                         yield chunk
                 else:
                     yield await to_thread.run_sync(
                         transcoded, part.instance.storage_key, part.target_transfer_syntax
                     )
+            if batch:
+                yield await to_thread.run_sync(read_parts, batch)
             yield closing
 
         headers = {"Content-Type": multipart_content_type(boundary, DICOM)}
