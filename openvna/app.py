@@ -121,13 +121,7 @@ def start_archive(settings: Settings) -> RunningArchive:
         )
     dimse = _dimse_server(settings, archive, shared_socket, balancer, processes)
     dimse_port = dimse.start()
-    endpoint = DicomEndpoint(settings.dimse.ae_title, settings.host, dimse_port)
-    http = HttpServer(
-        create_app(archive, endpoint, settings.http),
-        settings.host,
-        settings.http.port,
-        sock=http_socket,
-    )
+    http = _http_server(settings, archive, dimse_port, http_socket)
     try:
         http_port = http.start()
     except Exception:
@@ -170,6 +164,16 @@ def _dimse_server(
     )
 
 
+def _http_server(
+    settings: Settings, archive: Archive, dimse_port: int, sock: socket.socket | None
+) -> HttpServer:
+    """The HTTP server of one process (main or worker) over its own archive handle."""
+    endpoint = DicomEndpoint(settings.dimse.ae_title, settings.host, dimse_port)
+    return HttpServer(
+        create_app(archive, endpoint, settings.http), settings.host, settings.http.port, sock=sock
+    )
+
+
 def _run_worker(
     settings: Settings,
     shared_socket: socket.socket | None,
@@ -190,13 +194,7 @@ def _run_worker(
     dimse_port = dimse.start()
     http: HttpServer | None = None
     if http_socket is not None:
-        endpoint = DicomEndpoint(settings.dimse.ae_title, settings.host, dimse_port)
-        http = HttpServer(
-            create_app(archive, endpoint, settings.http),
-            settings.host,
-            settings.http.port,
-            sock=http_socket,
-        )
+        http = _http_server(settings, archive, dimse_port, http_socket)
         http.start()
     stop.wait()
     if http is not None:

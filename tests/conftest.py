@@ -225,6 +225,22 @@ class ArchiveProcess:
         return result
 
 
+@contextmanager
+def archive_for_module(
+    tmp_path_factory: pytest.TempPathFactory, name: str, *extra_args: str
+) -> Iterator[ArchiveProcess]:
+    """An archive shared by the tests of one module (started once: they only read)."""
+    directory = tmp_path_factory.mktemp(name)
+    archive = ArchiveProcess(
+        directory / "data", free_port(), "OPENVNA", None, directory / "log", extra_args
+    )
+    archive.start()
+    try:
+        yield archive
+    finally:
+        archive.stop()
+
+
 @pytest.fixture(scope="session")
 def sample_studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[GeneratedStudy]]:
     """Small synthetic studies (CT, MR, CR/DX, US cine) of several patients and years."""

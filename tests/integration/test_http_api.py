@@ -15,7 +15,7 @@ import pytest
 from pydicom import dcmread
 
 from openvna.sample import GeneratedStudy
-from tests.conftest import ArchiveProcess, free_port
+from tests.conftest import ArchiveProcess, archive_for_module
 
 Samples = tuple[Path, list[GeneratedStudy]]
 
@@ -24,14 +24,9 @@ Samples = tuple[Path, list[GeneratedStudy]]
 def loaded(
     tmp_path_factory: pytest.TempPathFactory, sample_studies: Samples
 ) -> Iterator[ArchiveProcess]:
-    directory = tmp_path_factory.mktemp("api")
-    archive = ArchiveProcess(directory / "data", free_port(), "OPENVNA", None, directory / "log")
-    archive.start()
-    try:
+    with archive_for_module(tmp_path_factory, "api") as archive:
         archive.cli("import", str(sample_studies[0]))
         yield archive
-    finally:
-        archive.stop()
 
 
 def call(archive: ArchiveProcess, path: str, method: str = "GET", **headers: str) -> Any:

@@ -15,7 +15,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
 from openvna.sample import GeneratedStudy
-from tests.conftest import ArchiveProcess, free_port, run_tool
+from tests.conftest import ArchiveProcess, archive_for_module, run_tool
 
 Samples = tuple[Path, list[GeneratedStudy]]
 
@@ -25,17 +25,12 @@ def stored_archive(
     tmp_path_factory: pytest.TempPathFactory, sample_studies: Samples
 ) -> Iterator[ArchiveProcess]:
     """One archive for the module, holding the sample studies sent over C-STORE."""
-    directory = tmp_path_factory.mktemp("qido")
-    archive = ArchiveProcess(directory / "data", free_port(), "OPENVNA", None, directory / "log")
-    archive.start()
-    try:
+    with archive_for_module(tmp_path_factory, "qido") as archive:
         result = run_tool(
             "storescu", "+sd", "+r", "-aec", "OPENVNA", *archive.address, str(sample_studies[0])
         )
         assert result.returncode == 0
         yield archive
-    finally:
-        archive.stop()
 
 
 @pytest.fixture(scope="module")

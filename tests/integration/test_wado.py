@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from openvna.sample import GeneratedStudy
-from tests.conftest import ArchiveProcess, dataset_bytes, free_port, run_tool
+from tests.conftest import ArchiveProcess, archive_for_module, dataset_bytes, run_tool
 
 Samples = tuple[Path, list[GeneratedStudy]]
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -27,16 +27,11 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 def stored_archive(
     tmp_path_factory: pytest.TempPathFactory, sample_studies: Samples
 ) -> Iterator[ArchiveProcess]:
-    directory = tmp_path_factory.mktemp("wado")
-    archive = ArchiveProcess(directory / "data", free_port(), "OPENVNA", None, directory / "log")
-    archive.start()
-    try:
+    with archive_for_module(tmp_path_factory, "wado") as archive:
         run_tool(
             "storescu", "+sd", "+r", "-aec", "OPENVNA", *archive.address, str(sample_studies[0])
         )
         yield archive
-    finally:
-        archive.stop()
 
 
 @pytest.fixture(scope="module")

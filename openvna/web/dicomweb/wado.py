@@ -268,16 +268,12 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
             headers["Content-Length"] = str(length)
         return StreamingResponse(body(), headers=headers)
 
-    async def retrieve_study(request: Request) -> Response:
-        return await retrieve(request, request.path_params["study"])
-
-    async def retrieve_series(request: Request) -> Response:
+    async def retrieve_resource(request: Request) -> Response:
+        """Study, series or instance retrieve: the path holds one, two or three UIDs."""
         params = request.path_params
-        return await retrieve(request, params["study"], params["series"])
-
-    async def retrieve_instance(request: Request) -> Response:
-        params = request.path_params
-        return await retrieve(request, params["study"], params["series"], params["instance"])
+        return await retrieve(
+            request, params["study"], params.get("series"), params.get("instance")
+        )
 
     def metadata_chunks(
         base: str, study: str, series: str | None, instance: str | None
@@ -324,16 +320,12 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
 
         return StreamingResponse(rest(), media_type=DICOM_JSON)
 
-    async def study_metadata(request: Request) -> Response:
-        return await metadata(request, request.path_params["study"])
-
-    async def series_metadata(request: Request) -> Response:
+    async def metadata_resource(request: Request) -> Response:
+        """Study, series or instance metadata: the path holds one, two or three UIDs."""
         params = request.path_params
-        return await metadata(request, params["study"], params["series"])
-
-    async def instance_metadata(request: Request) -> Response:
-        params = request.path_params
-        return await metadata(request, params["study"], params["series"], params["instance"])
+        return await metadata(
+            request, params["study"], params.get("series"), params.get("instance")
+        )
 
     async def bulkdata(request: Request) -> Response:
         params = request.path_params
@@ -410,11 +402,11 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         return Response(body, status_code=status, headers=headers)
 
     return [
-        Route("/studies/{study}/metadata", study_metadata, methods=["GET"]),
-        Route("/studies/{study}/series/{series}/metadata", series_metadata, methods=["GET"]),
+        Route("/studies/{study}/metadata", metadata_resource, methods=["GET"]),
+        Route("/studies/{study}/series/{series}/metadata", metadata_resource, methods=["GET"]),
         Route(
             "/studies/{study}/series/{series}/instances/{instance}/metadata",
-            instance_metadata,
+            metadata_resource,
             methods=["GET"],
         ),
         Route(
@@ -422,11 +414,11 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
             bulkdata,
             methods=["GET"],
         ),
-        Route("/studies/{study}", retrieve_study, methods=["GET"]),
-        Route("/studies/{study}/series/{series}", retrieve_series, methods=["GET"]),
+        Route("/studies/{study}", retrieve_resource, methods=["GET"]),
+        Route("/studies/{study}/series/{series}", retrieve_resource, methods=["GET"]),
         Route(
             "/studies/{study}/series/{series}/instances/{instance}",
-            retrieve_instance,
+            retrieve_resource,
             methods=["GET"],
         ),
     ]
