@@ -94,6 +94,12 @@ class HttpSettings(BaseModel):
         ge=1024,
         description="largest STOW-RS request body accepted (413 beyond it)",
     )
+    max_compression_ratio: int = Field(
+        default=200,
+        ge=10,
+        description="decoded bytes per received byte beyond which a gzip or deflate "
+        "STOW-RS body is refused as a decompression bomb (413); checked past 32 MiB decoded",
+    )
     qido_max_results: int = Field(
         default=10000,
         ge=1,

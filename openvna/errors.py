@@ -29,6 +29,18 @@ class MissingAttributeError(InvalidInstanceError):
     http_status = 400
 
 
+class StudyMismatchError(MissingAttributeError):
+    """The data set's StudyInstanceUID is not the study the request was addressed to.
+
+    STOW-RS ``POST /studies/{study}`` (PS3.18 10.5.1) stores only instances of that
+    study. PS3.18 I.2.2 has no Failure Reason for it and allows others; 0xC409 is what
+    dcm4chee answers, so clients that know one archive's code understand ours.
+    """
+
+    dicom_status = 0xC409
+    http_status = 409
+
+
 class SecurityRejectedError(InvalidInstanceError):
     """The file carries content that is refused for safety (e.g. an executable preamble)."""
 

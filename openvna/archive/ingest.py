@@ -30,6 +30,7 @@ from openvna.errors import (
     MissingAttributeError,
     OpenVNAError,
     OutOfResourcesError,
+    StudyMismatchError,
 )
 from openvna.index.repository import IndexRepository, InstanceRecord, StoreOutcome
 from openvna.storage.base import PendingWrite, Storage
@@ -52,10 +53,16 @@ class Origin:
 
 @dataclass(frozen=True)
 class ExpectedIdentity:
-    """What the transport said the instance is (C-STORE Affected SOP Class/Instance UID)."""
+    """What the transport said the instance is; an empty UID is not checked.
+
+    C-STORE names the Affected SOP Class and Instance UID; a study-scoped STOW-RS
+    (``POST /studies/{study}``) names the study. Checking them here, on the header the
+    ingest path reads anyway, costs no second read of the file.
+    """
 
     sop_class_uid: str
     sop_instance_uid: str
+    study_instance_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,11 @@ def _check_expected(header: InstanceHeader, expected: ExpectedIdentity) -> None:
     if expected.sop_class_uid and expected.sop_class_uid != header.sop_class_uid:
         raise MissingAttributeError(
             "Affected SOP Class UID of the request does not match the data set's SOPClassUID"
+        )
+    if expected.study_instance_uid and expected.study_instance_uid != header.study_instance_uid:
+        raise StudyMismatchError(
+            f"StudyInstanceUID {header.study_instance_uid} of the data set differs from the "
+            f"study {expected.study_instance_uid} the request is addressed to"
         )
 
 

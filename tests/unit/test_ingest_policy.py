@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from openvna.app import open_archive
 from openvna.archive.events import InstanceStored
-from openvna.archive.ingest import IngestResult, Origin
+from openvna.archive.ingest import ExpectedIdentity, IngestResult, Origin
 from openvna.archive.service import Archive
 from openvna.config import DuplicatePolicy, load_settings
-from openvna.errors import DuplicateInstanceError
+from openvna.errors import DuplicateInstanceError, MissingAttributeError, StudyMismatchError
 from openvna.index.repository import StoreOutcome
 from openvna.index.schema import instances, series, studies
 from openvna.tasks.inprocess import InProcessExecutor
@@ -234,3 +234,36 @@ def test_other_instances_are_unaffected(tmp_path: Path, make: list[Harness]) -> 
     assert other.outcome is StoreOutcome.STORED
     assert h.counts()[:2] == (2, 2)
     assert len(h.stored_keys()) == 2
+
+
+def test_expected_study_is_checked_on_the_header(tmp_path: Path, make: list[Harness]) -> None:
+    """STOW-RS ``POST /studies/{study}`` refuses an instance of another study (0xC409)."""
+    h = open_with(DuplicatePolicy.REJECT, tmp_path, make)
+    path = write_instance(tmp_path / "a.dcm", "study")
+    other_study = "1.2.826.0.1.3680043.8.498.21.2"
+    with path.open("rb") as source, pytest.raises(StudyMismatchError) as caught:
+        h.archive.ingest_file(
+            source,
+            origin=Origin("test"),
+            expected=ExpectedIdentity(
+                sop_class_uid="", sop_instance_uid="", study_instance_uid=other_study
+            ),
+        )
+    assert isinstance(caught.value, MissingAttributeError)
+    assert (caught.value.dicom_status, caught.value.http_status) == (0xC409, 409)
+    assert STUDY_UID in str(caught.value) and other_study in str(caught.value)
+    assert h.stored_keys() == set() and h.rows() == []
+
+    # the right study, and C-STORE's two positional UIDs without a study, are stored
+    with path.open("rb") as source:
+        result = h.archive.ingest_file(
+            source,
+            origin=Origin("test"),
+            expected=ExpectedIdentity("", "", study_instance_uid=STUDY_UID),
+        )
+    assert result.outcome is StoreOutcome.STORED
+    with path.open("rb") as source:
+        again = h.archive.ingest_file(
+            source, origin=Origin("test"), expected=ExpectedIdentity(CTImageStorage, SOP_UID)
+        )
+    assert again.outcome is StoreOutcome.DUPLICATE_SAME
