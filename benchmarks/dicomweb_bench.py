@@ -28,51 +28,58 @@ import email.message
 import http.client
 import json
 import os
-import platform
 import queue
-import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
 
 # benchmarks/ is not a package: run as a script, this folder is on sys.path. Both
-# benchmarks share one data set, one way of installing Orthanc and one RSS sampler.
-from dimse_bench import (
-    CACHE,
+# benchmarks share one data set, one way of running servers and one RSS sampler.
+from _servers import (
     DCMTK_ENV,
     HOST,
+    BenchError,
+    OpenVnaProcess,
+    OrthancProcess,
+    ServerProcess,
+    console,
+    install_orthanc,
+    last_lines,
+    measure_each,
+    openvna_executable,
+    orthanc_binary,
+    orthanc_version,
+    work_directory,
+)
+from dimse_bench import (
     MB,
     MIB,
-    BenchError,
     CtDataset,
     RssSampler,
     _latency,
-    _orthanc_binary,
-    _stop_system_orthanc,
-    _tail,
-    build_dataset,
-    console,
+    factor,
     find_dcmtk,
-    free_port,
+    finish,
+    halves,
+    load_dataset,
     lookup,
-    openvna_executable,
-    openvna_revision,
-    orthanc_version,
-    stop_process,
+    new_report,
+    parse_benchmark_args,
+    results_table,
+    run_main,
     tree_rss,
-    wait_until,
+)
+from dimse_bench import (
+    Row as TableRow,
 )
 from pydicom import dcmread
-from rich.table import Table
 
 GB: Final = 1_000_000_000
 DICOM: Final = "application/dicom"
@@ -305,38 +312,14 @@ def study_facts(dataset: CtDataset) -> StudyFacts:
 
 
 @dataclass
-class Server:
-    """An archive started as a subprocess with empty storage under ``workdir``."""
-
-    name: str
-    ae_title: str
-    workdir: Path
-    process: subprocess.Popen[bytes] | None = None
-    http_port: int = 0
-    dicom_port: int = 0
-    starts: int = 0
-    log_path: Path | None = None
+class Server(ServerProcess):
+    """An archive whose DICOMweb services are at ``dicomweb_root`` on its HTTP port."""
 
     dicomweb_root: str = "/dicom-web"
-
-    def command(self, storage: Path) -> list[str]:
-        raise NotImplementedError
-
-    def prepare(self, storage: Path) -> None:
-        """Set up the fresh storage directory before the server starts."""
-
-    def ready(self) -> bool:
-        raise NotImplementedError
 
     def url(self, path: str) -> str:
         """Path of a DICOMweb resource (``path`` starts with ``/studies``)."""
         return self.dicomweb_root.rstrip("/") + path
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise BenchError(f"{self.name} is not running")
-        return self.process.pid
 
     def http_ok(self, path: str) -> bool:
         try:
@@ -348,102 +331,32 @@ class Server:
             return False
         return status == 200
 
-    def start(self) -> None:
-        """Start on fresh, empty storage and wait until it answers over HTTP."""
-        self.stop()
-        self.starts += 1
-        storage = self.workdir / f"{self.name.lower()}-{self.starts}"
-        shutil.rmtree(storage, ignore_errors=True)
-        storage.mkdir(parents=True)
-        self.http_port, self.dicom_port = free_port(), free_port()
-        self.prepare(storage)
-        self.log_path = storage.with_suffix(".log")
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                self.command(storage),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=DCMTK_ENV,
-                cwd=storage,
-            )
-        process = self.process
-        wait_until(lambda: process.poll() is not None or self.ready(), 120, self.name)
-        if process.poll() is not None:
-            raise BenchError(f"{self.name} exited at start:\n{_tail(self.log_path.read_text())}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
-        for old in self.workdir.glob(f"{self.name.lower()}-*"):
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-
 
 @dataclass
-class OpenVnaServer(Server):
-    executable: list[str] = field(default_factory=list)
-
-    def command(self, storage: Path) -> list[str]:
-        return [
-            *self.executable,
-            "serve",
-            "--data-dir",
-            str(storage / "data"),
-            "--dicom-port",
-            str(self.dicom_port),
-            "--http-port",
-            str(self.http_port),
-            "--aet",
-            self.ae_title,
-            "--stable-after",
-            "3600",
-        ]
-
+class OpenVnaServer(Server, OpenVnaProcess):
     def ready(self) -> bool:
         return self.http_ok("/api/health")
 
 
 @dataclass
-class OrthancServer(Server):
-    binary: str = "Orthanc"
+class OrthancServer(Server, OrthancProcess):
     plugin: str = ""
     dicomweb_root: str = "/dicom-web/"
 
-    def command(self, storage: Path) -> list[str]:
-        return [self.binary, str(storage / "orthanc.json")]
-
-    def prepare(self, storage: Path) -> None:
-        """Orthanc's defaults, plus the DICOMweb plugin and what a benchmark needs.
+    def config(self, storage: Path) -> dict[str, Any]:
+        """Orthanc's defaults plus the DICOMweb plugin (see :meth:`OrthancProcess.config`).
 
         The plugin is named by its file rather than by the plugin folder, so another
         Orthanc plugin installed on the machine (a PostgreSQL index, say) cannot change
         what is measured. Performance settings keep Orthanc's defaults (SQLite index,
         HTTP keep-alive, ``StudiesMetadata`` ``Full``, no compression).
         """
-        config = {
+        return {
+            **super().config(storage),
             "Name": "dicomweb-bench",
-            "StorageDirectory": str(storage / "storage"),
-            "IndexDirectory": str(storage / "index"),
-            "StorageCompression": False,
             "Plugins": [self.plugin],
-            "HttpServerEnabled": True,
-            "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomServerEnabled": True,
-            "DicomAet": self.ae_title,
-            "DicomPort": self.dicom_port,
-            "DicomCheckCalledAet": False,
-            "DicomCheckModalityHost": False,
-            "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True,
-            "StableAge": 3600,
-            "SaveJobs": False,
-            "OverwriteInstances": False,
             "DicomWeb": {"Enable": True, "Root": self.dicomweb_root},
         }
-        (storage / "orthanc.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     def ready(self) -> bool:
         if not self.http_ok("/system"):
@@ -481,27 +394,11 @@ def _dicomweb_plugin() -> str | None:
 
 
 def ensure_orthanc_dicomweb() -> tuple[str, str]:
-    """Orthanc's binary and its DICOMweb plugin, installing Debian's packages if missing.
-
-    The ``orthanc`` package's post-install script may start a system Orthanc service;
-    it is stopped at once (this benchmark runs its own Orthanc with a generated config).
-    """
-    binary, plugin = _orthanc_binary(), _dicomweb_plugin()
-    if binary is not None and plugin is not None:
-        return binary, plugin
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise BenchError(f"Orthanc is not installed (apt-get install {' '.join(ORTHANC_PACKAGES)})")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", *ORTHANC_PACKAGES]
-    with console.status(f"installing Debian's {' and '.join(ORTHANC_PACKAGES)} packages…"):
-        result = subprocess.run(install, capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            subprocess.run(["apt-get", "update"], capture_output=True, env=env, check=False)
-            result = subprocess.run(install, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise BenchError(f"apt-get install failed:\n{_tail(result.stderr)}")
-    _stop_system_orthanc()
-    binary, plugin = _orthanc_binary(), _dicomweb_plugin()
+    """Orthanc's binary and its DICOMweb plugin, installing Debian's packages if missing."""
+    binary, plugin = orthanc_binary(), _dicomweb_plugin()
+    if binary is None or plugin is None:
+        install_orthanc(ORTHANC_PACKAGES)
+        binary, plugin = orthanc_binary(), _dicomweb_plugin()
     if binary is None or plugin is None:
         raise BenchError("the orthanc packages are installed but Orthanc or its plugin is missing")
     return binary, plugin
@@ -622,7 +519,7 @@ def load_with_c_store(server: Server, facts: StudyFacts) -> dict[str, Any]:
         errors="replace",
     )
     if result.returncode != 0:
-        raise BenchError(f"storescu failed ({result.returncode}):\n{_tail(result.stderr)}")
+        raise BenchError(f"storescu failed ({result.returncode}):\n{last_lines(result.stderr)}")
     return {"instances": len(facts.instances), "seconds": time.perf_counter() - start}
 
 
@@ -940,12 +837,9 @@ class Goal:
 
 
 @dataclass(frozen=True)
-class Row:
-    label: str
-    key: str
-    unit: str
-    higher_is_better: bool
-    digits: int = 1
+class Row(TableRow):
+    """A row of the table, with the goal OpenVNA must reach on it (if any)."""
+
     goal: Goal | None = None
 
 
@@ -1029,23 +923,9 @@ def _cell(results: dict[str, Any] | None, row: Row) -> str:
             return f"[yellow]not available{status}[/yellow]"
         return f"[red]FAILED{status}[/red]"
     if row.key.endswith(".halves"):
-        prefix = row.key.removesuffix(".halves")
-        first = lookup(results, f"{prefix}.peak_first_half_mib")
-        second = lookup(results, f"{prefix}.peak_second_half_mib")
-        return "—" if first is None or second is None else f"{first:.0f} / {second:.0f}"
+        return halves(results, row.key)
     value = lookup(results, row.key)
     return "—" if value is None else f"{value:,.{row.digits}f}"
-
-
-def _ratio(openvna: dict[str, Any], orthanc: dict[str, Any] | None, row: Row) -> str:
-    if orthanc is None or "rss" in row.key or row.key.endswith(".halves"):
-        return ""
-    ours, theirs = lookup(openvna, row.key), lookup(orthanc, row.key)
-    if not ours or not theirs:
-        return "—"
-    ratio = ours / theirs if row.higher_is_better else theirs / ours
-    colour = "green" if ratio >= 1 else "red"
-    return f"[{colour}]{ratio:.2f}×[/{colour}]"
 
 
 def verdict(openvna: dict[str, Any], orthanc: dict[str, Any] | None, row: Row) -> str | None:
@@ -1094,22 +974,12 @@ def print_table(report: dict[str, Any]) -> None:
     targets = report["targets"]
     openvna: dict[str, Any] = targets.get("OpenVNA", {})
     orthanc: dict[str, Any] | None = targets.get("Orthanc")
-    data = report["dataset"]
-    table = Table(
-        title=(
-            f"DICOMweb benchmark: {data['instances']} CT instances in {data['series']} series, "
-            f"{data['bytes'] / MB:,.0f} MB ({data['bytes'] / data['instances'] / MB:.2f} MB each)"
-        ),
-        caption=(
-            f"OpenVNA {report['openvna_revision']}; {report['machine']['cpus']} CPUs, load "
-            f"average {report['machine']['load_average']}; client and servers on one machine; "
-            "MB/GB = 10^6/10^9 bytes; ratio > 1 means OpenVNA is faster; the goal is "
-            "OpenVNA's (reference Orthanc figures in brackets)"
-        ),
+    table = results_table(
+        report,
+        "DICOMweb",
+        "client and servers on one machine; MB/GB = 10^6/10^9 bytes; ratio > 1 means OpenVNA "
+        "is faster; the goal is OpenVNA's (reference Orthanc figures in brackets)",
     )
-    table.add_column("measurement")
-    table.add_column("unit")
-    table.add_column("OpenVNA", justify="right")
     if orthanc is not None:
         version = report.get("orthanc_version", "")
         plugin = report.get("orthanc_dicomweb_version", "")
@@ -1120,7 +990,7 @@ def print_table(report: dict[str, Any]) -> None:
     for row in ROWS:
         cells = [row.label % report["options"], row.unit, _cell(openvna, row)]
         if orthanc is not None:
-            cells += [_cell(orthanc, row), _ratio(openvna, orthanc, row)]
+            cells += [_cell(orthanc, row), factor(openvna, orthanc, row)]
         result = verdict(openvna, orthanc, row)
         cells += [_goal_text(row, orthanc), "" if result is None else VERDICT_STYLE[result]]
         table.add_row(*cells)
@@ -1152,66 +1022,27 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Benchmark OpenVNA's DICOMweb (and optionally Orthanc's) from outside."
+    return parse_benchmark_args(
+        argv,
+        "Benchmark OpenVNA's DICOMweb (and optionally Orthanc's) from outside.",
+        "also measure Orthanc (apt-get installs orthanc and orthanc-dicomweb)",
+        {
+            "--clients": (4, "STOW-RS clients (default 4)"),
+            "--batch": (16, "instances per request, 2nd STOW row (default 16)"),
+            "--qido-repeats": (50, "timed calls per QIDO query (default 50)"),
+            "--metadata-repeats": (20, "timed study metadata calls (default 20)"),
+            "--frame-repeats": (200, "timed frame requests (default 200)"),
+            "--retrieve-repeats": (3, "whole-study retrievals (default 3)"),
+        },
     )
-    parser.add_argument(
-        "--instances", type=int, default=960, help="CT slices (~0.5 MB each; default 960)"
-    )
-    parser.add_argument("--series", type=int, default=4, help="series in the study (default 4)")
-    parser.add_argument(
-        "--orthanc",
-        action="store_true",
-        help="also measure Orthanc (apt-get installs orthanc and orthanc-dicomweb)",
-    )
-    parser.add_argument("--json", type=Path, metavar="OUT", help="write the raw numbers here")
-    parser.add_argument("--clients", type=int, default=4, help="STOW-RS clients (default 4)")
-    parser.add_argument(
-        "--batch", type=int, default=16, help="instances per request, 2nd STOW row (default 16)"
-    )
-    parser.add_argument(
-        "--qido-repeats", type=int, default=50, help="timed calls per QIDO query (default 50)"
-    )
-    parser.add_argument(
-        "--metadata-repeats", type=int, default=20, help="timed study metadata calls (default 20)"
-    )
-    parser.add_argument(
-        "--frame-repeats", type=int, default=200, help="timed frame requests (default 200)"
-    )
-    parser.add_argument(
-        "--retrieve-repeats", type=int, default=3, help="whole-study retrievals (default 3)"
-    )
-    parser.add_argument("--openvna", metavar="EXE", help="openvna executable (default .venv)")
-    parser.add_argument(
-        "--workdir", type=Path, help="keep archives and logs here (default: a temp dir, removed)"
-    )
-    parser.add_argument("--cache", type=Path, default=CACHE, help=f"data set cache ({CACHE})")
-    args = parser.parse_args(argv)
-    for name in (
-        "instances",
-        "series",
-        "clients",
-        "batch",
-        "qido_repeats",
-        "metadata_repeats",
-        "frame_repeats",
-        "retrieve_repeats",
-    ):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     orthanc = ensure_orthanc_dicomweb() if args.orthanc else None
-    dataset = build_dataset(args.instances, args.series, args.cache)
+    dataset = load_dataset(args)
     with console.status("reading the data set's UIDs…"):
         facts = study_facts(dataset)
-    console.print(
-        f"data set: {len(dataset.files)} instances, {len(dataset.series)} series, "
-        f"{dataset.total_bytes / MB:,.0f} MB in {dataset.root}"
-    )
     options = Options(
         args.clients,
         args.batch,
@@ -1220,65 +1051,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.frame_repeats,
         args.retrieve_repeats,
     )
-    report: dict[str, Any] = {
-        "dataset": {
-            "instances": len(dataset.files),
-            "series": len(dataset.series),
-            "bytes": dataset.total_bytes,
-            "frame_bytes": facts.frame_bytes,
-            "path": str(dataset.root),
-        },
-        "openvna_revision": openvna_revision(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average": " ".join(f"{v:.2f}" for v in os.getloadavg()),
-        },
-        "options": asdict(options),
-        "reference_orthanc": REFERENCE,
-        "targets": {},
-    }
-    keep = args.workdir is not None
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dicomweb-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    servers: list[Server] = [
-        OpenVnaServer(
-            "OpenVNA", "OPENVNA", workdir / "openvna", executable=openvna_executable(args.openvna)
-        )
-    ]
-    if orthanc is not None:
-        binary, plugin = orthanc
-        report["orthanc_version"] = orthanc_version(binary)
-        report["orthanc_dicomweb_plugin"] = plugin
-        servers.append(
-            OrthancServer("Orthanc", "ORTHANC", workdir / "orthanc", binary=binary, plugin=plugin)
-        )
-    try:
-        for server in servers:
-            console.rule(server.name)
-            try:
-                if isinstance(server, OrthancServer):
-                    server.start()
-                    report["orthanc_dicomweb_version"] = server.plugin_version()
-                report["targets"][server.name] = run_suite(server, facts, options)
-            finally:
-                server.stop()
-    finally:
-        if not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        console.print(f"raw numbers written to {args.json}")
-    print_table(report)
-    failed = any(results.get("errors") for results in report["targets"].values())
-    return 1 if failed else 0
+    report = new_report(dataset, options, REFERENCE, {"frame_bytes": facts.frame_bytes})
+    with work_directory(args.workdir, "dicomweb-bench-") as workdir:
+        servers: list[Server] = [
+            OpenVnaServer(
+                "OpenVNA",
+                "OPENVNA",
+                workdir / "openvna",
+                executable=openvna_executable(args.openvna),
+            )
+        ]
+        if orthanc is not None:
+            binary, plugin = orthanc
+            report["orthanc_version"] = orthanc_version(binary)
+            report["orthanc_dicomweb_plugin"] = plugin
+            servers.append(
+                OrthancServer(
+                    "Orthanc", "ORTHANC", workdir / "orthanc", binary=binary, plugin=plugin
+                )
+            )
+
+        def suite(server: Server) -> dict[str, Any]:
+            if isinstance(server, OrthancServer):
+                server.start()
+                report["orthanc_dicomweb_version"] = server.plugin_version()
+            return run_suite(server, facts, options)
+
+        report["targets"] = measure_each(servers, suite)
+    return finish(report, args.json, print_table)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as error:
-        console.print(f"[red]error:[/red] {error}")
-        sys.exit(2)
+    run_main(main)

@@ -24,29 +24,45 @@ import math
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
+# benchmarks/ is not a package: run as a script, this folder is on sys.path.
+from _servers import (
+    DCMTK_ENV,
+    HOST,
+    ROOT,
+    BenchError,
+    OpenVnaProcess,
+    OrthancProcess,
+    ServerProcess,
+    console,
+    ensure_orthanc,
+    free_port,
+    last_lines,
+    measure_each,
+    openvna_executable,
+    orthanc_version,
+    stop_process,
+    wait_until,
+    work_directory,
+)
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from rich.console import Console
 from rich.table import Table
 
 from openvna.sample import generate_ct_series
 from openvna.sample.generator import UID_ROOT
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 RESULTS: Final = ROOT / "benchmarks" / "results"
 CACHE: Final = RESULTS / "cache"
 DATASET_VERSION: Final = 1
@@ -55,11 +71,9 @@ PATIENT_ID: Final = "BENCHDIMSE1"
 PATIENT_NAME: Final = "BENCH^DIMSE"
 SCU_AET: Final = "BENCHSCU"
 SCP_AET: Final = "BENCHSCP"
-HOST: Final = "127.0.0.1"
 MB: Final = 1_000_000
 MIB: Final = 1024 * 1024
 DCMTK_TOOLS: Final = ("echoscu", "storescu", "findscu", "getscu", "movescu", "storescp")
-DCMTK_ENV: Final = {**os.environ, "TCP_NODELAY": "1"}
 
 REFERENCE: Final[dict[str, float]] = {
     "store_1.inst_per_s": 120.0,
@@ -69,12 +83,6 @@ REFERENCE: Final[dict[str, float]] = {
 }
 """A previous Orthanc measurement on this kind of machine (its C-FIND figure is the
 QIDO-RS query by PatientID, the HTTP analogue of our STUDY-level C-FIND)."""
-
-console = Console()
-
-
-class BenchError(RuntimeError):
-    """A measurement could not be completed or gave a wrong result."""
 
 
 # ---------------------------------------------------------------------------
@@ -130,21 +138,6 @@ def find_dcmtk() -> Dcmtk:
     return Dcmtk(paths, version)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def run_tool(
     args: Sequence[str], *, timeout: float = 600, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
@@ -160,24 +153,9 @@ def run_tool(
     if check and result.returncode != 0:
         raise BenchError(
             f"{Path(args[0]).name} failed ({result.returncode}):\n"
-            f"{_tail(result.stdout + result.stderr)}"
+            f"{last_lines(result.stdout + result.stderr)}"
         )
     return result
-
-
-def _tail(text: str, lines: int = 20) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    """SIGTERM, then SIGKILL if it does not exit within ``timeout`` seconds."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _read_status(pid: int) -> dict[str, int]:
@@ -402,26 +380,16 @@ def build_dataset(instances: int, series_count: int, cache: Path) -> CtDataset:
 
 
 @dataclass
-class Target:
-    """A DICOM archive started as a subprocess with empty storage under ``workdir``."""
+class Target(ServerProcess):
+    """A DICOM archive that counts as started when it answers C-ECHO.
 
-    name: str
-    ae_title: str
-    destination_port: int
-    dcmtk: Dcmtk
-    workdir: Path
-    process: subprocess.Popen[bytes] | None = None
-    port: int = 0
-    starts: int = 0
-    version: str = ""
+    ``destination_port`` is where the C-MOVE destination (our storescp) listens.
+    """
 
-    def command(self, storage: Path) -> list[str]:
-        raise NotImplementedError
+    destination_port: int = field(kw_only=True)
+    dcmtk: Dcmtk = field(kw_only=True)
 
-    def prepare(self, storage: Path) -> None:
-        """Set up the fresh storage directory before the server starts."""
-
-    def echo_ok(self) -> bool:
+    def ready(self) -> bool:
         result = run_tool(
             [
                 self.dcmtk["echoscu"],
@@ -432,72 +400,18 @@ class Target:
                 "-aec",
                 self.ae_title,
                 HOST,
-                str(self.port),
+                str(self.dicom_port),
             ],
             timeout=10,
             check=False,
         )
         return result.returncode == 0
 
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise BenchError(f"{self.name} is not running")
-        return self.process.pid
-
-    def start(self) -> None:
-        """Start on fresh, empty storage and wait until it answers C-ECHO."""
-        self.stop()
-        self.starts += 1
-        storage = self.workdir / f"{self.name.lower()}-{self.starts}"
-        shutil.rmtree(storage, ignore_errors=True)
-        storage.mkdir(parents=True)
-        self.port = free_port()
-        self.prepare(storage)
-        log_path = storage.with_suffix(".log")
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                self.command(storage),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=DCMTK_ENV,
-                cwd=storage,
-            )
-        process = self.process
-        wait_until(lambda: process.poll() is not None or self.echo_ok(), 120, f"{self.name}")
-        if process.poll() is not None:
-            raise BenchError(f"{self.name} exited at start:\n{_tail(log_path.read_text())}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
-        for old in self.workdir.glob(f"{self.name.lower()}-*"):
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-
 
 @dataclass
-class OpenVnaTarget(Target):
-    executable: list[str] = field(default_factory=list)
-
-    def command(self, storage: Path) -> list[str]:
-        return [
-            *self.executable,
-            "serve",
-            "--data-dir",
-            str(storage / "data"),
-            "--dicom-port",
-            str(self.port),
-            "--http-port",
-            str(free_port()),
-            "--aet",
-            self.ae_title,
-            "--stable-after",
-            "3600",
-        ]
-
+class OpenVnaTarget(Target, OpenVnaProcess):
     def prepare(self, storage: Path) -> None:
+        """Add the C-MOVE destination as a peer (``openvna peers add``)."""
         result = subprocess.run(
             [
                 *self.executable,
@@ -507,7 +421,7 @@ class OpenVnaTarget(Target):
                 HOST,
                 str(self.destination_port),
                 "--data-dir",
-                str(storage / "data"),
+                str(self.data_dir(storage)),
             ],
             capture_output=True,
             text=True,
@@ -517,111 +431,23 @@ class OpenVnaTarget(Target):
             raise BenchError(f"openvna peers add failed:\n{result.stdout}{result.stderr}")
 
 
-def openvna_executable(explicit: str | None) -> list[str]:
-    if explicit:
-        return [explicit]
-    venv = ROOT / ".venv" / "bin" / "openvna"
-    if venv.is_file():
-        return [str(venv)]
-    return [sys.executable, "-m", "openvna.cli.main"]
-
-
 @dataclass
-class OrthancTarget(Target):
-    binary: str = "Orthanc"
-
-    def command(self, storage: Path) -> list[str]:
-        return [self.binary, str(storage / "orthanc.json")]
-
-    def prepare(self, storage: Path) -> None:
+class OrthancTarget(Target, OrthancProcess):
+    def config(self, storage: Path) -> dict[str, Any]:
+        """Query/retrieve for any SCU, and our storescp as the C-MOVE destination."""
         modality: list[str | int] = [SCP_AET, HOST, self.destination_port]
-        config = {
+        return {
+            **super().config(storage),
             "Name": "dimse-bench",
-            "StorageDirectory": str(storage / "storage"),
-            "IndexDirectory": str(storage / "index"),
-            "StorageCompression": False,
-            "Plugins": [],
             "ConcurrentJobs": 2,
-            "HttpServerEnabled": True,
-            "HttpPort": free_port(),
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomServerEnabled": True,
-            "DicomAet": self.ae_title,
-            "DicomPort": self.port,
-            "DicomCheckCalledAet": False,
-            "DicomCheckModalityHost": False,
-            "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True,
             "DicomAlwaysAllowFind": True,
             "DicomAlwaysAllowGet": True,
             "DicomAlwaysAllowMove": True,
             "DicomModalities": {"bench_scp": modality},
-            "StableAge": 3600,
-            "SaveJobs": False,
             "LimitFindResults": 0,
             "LimitFindInstances": 0,
             "SynchronousCMove": True,
-            "OverwriteInstances": False,
         }
-        (storage / "orthanc.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-
-
-def _orthanc_binary() -> str | None:
-    return shutil.which("Orthanc") or next(
-        (p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if os.access(p, os.X_OK)), None
-    )
-
-
-def ensure_orthanc() -> str:
-    """The Orthanc binary, installing Debian's ``orthanc`` package if it is missing.
-
-    The package's post-install script may start a system Orthanc service; it is
-    stopped at once (this benchmark runs its own Orthanc with a temporary config).
-    """
-    binary = _orthanc_binary()
-    if binary is not None:
-        return binary
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise BenchError("Orthanc is not installed (apt-get install orthanc, as root)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "orthanc"]
-    with console.status("installing Debian's orthanc package…"):
-        result = subprocess.run(install, capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            subprocess.run(["apt-get", "update"], capture_output=True, env=env, check=False)
-            result = subprocess.run(install, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise BenchError(f"apt-get install orthanc failed:\n{_tail(result.stderr)}")
-    _stop_system_orthanc()
-    binary = _orthanc_binary()
-    if binary is None:
-        raise BenchError("the orthanc package is installed but the Orthanc binary is missing")
-    return binary
-
-
-def _stop_system_orthanc() -> None:
-    """Stop the service the package may have started (no systemd: SysV ``service``)."""
-    if shutil.which("service"):
-        subprocess.run(["service", "orthanc", "stop"], capture_output=True, check=False)
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        # Only the packaged service: Orthanc run with the package's /etc/orthanc config.
-        if command and command[0].endswith(b"Orthanc") and b"/etc/orthanc" in b" ".join(command):
-            with suppress(ProcessLookupError):
-                os.kill(int(entry.name), signal.SIGTERM)
-
-
-def orthanc_version(binary: str) -> str:
-    result = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
-    lines = (result.stdout + result.stderr).strip().splitlines()
-    words = lines[0].split() if lines else []  # "/usr/sbin/Orthanc 1.10.1"
-    return words[-1] if words else "?"
 
 
 # ---------------------------------------------------------------------------
@@ -654,7 +480,7 @@ def c_store(target: Target, dataset: CtDataset, associations: int, logs: Path) -
                     "-aec",
                     target.ae_title,
                     HOST,
-                    str(target.port),
+                    str(target.dicom_port),
                     *map(str, chunk),
                 ]
                 process = subprocess.Popen(
@@ -669,7 +495,7 @@ def c_store(target: Target, dataset: CtDataset, associations: int, logs: Path) -
         output = log_path.read_text(errors="replace")
         stored += output.count("Received Store Response (Success)")
         if process.returncode != 0:
-            raise BenchError(f"storescu failed ({process.returncode}):\n{_tail(output)}")
+            raise BenchError(f"storescu failed ({process.returncode}):\n{last_lines(output)}")
     if stored != len(files):
         raise BenchError(f"{stored} of {len(files)} C-STOREs succeeded (see {logs})")
     size = dataset.total_bytes
@@ -688,7 +514,7 @@ def _find_command(target: Target, keys: Sequence[str]) -> list[str]:
     command = [target.dcmtk["findscu"], "-S", "-aet", SCU_AET, "-aec", target.ae_title]
     for key in keys:
         command += ["-k", key]
-    return [*command, HOST, str(target.port)]
+    return [*command, HOST, str(target.dicom_port)]
 
 
 def count_matches(target: Target, keys: Sequence[str]) -> int:
@@ -726,7 +552,7 @@ def c_find(target: Target, keys: Sequence[str], expected: int, repeats: int) -> 
 def c_echo(target: Target, repeats: int) -> dict[str, Any]:
     """echoscu wall time: the fixed cost (process, association) included in C-FIND times."""
     command = [target.dcmtk["echoscu"], "-aet", SCU_AET, "-aec", target.ae_title, HOST]
-    command.append(str(target.port))
+    command.append(str(target.dicom_port))
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -791,7 +617,7 @@ def c_get(target: Target, dataset: CtDataset, workdir: Path, repeats: int) -> di
         "-k",
         f"StudyInstanceUID={dataset.study_instance_uid}",
         HOST,
-        str(target.port),
+        str(target.dicom_port),
     ]
 
     def run_once() -> tuple[int, int, float]:
@@ -853,7 +679,7 @@ def c_move(target: Target, dataset: CtDataset, workdir: Path, repeats: int) -> d
         "-k",
         f"StudyInstanceUID={dataset.study_instance_uid}",
         HOST,
-        str(target.port),
+        str(target.dicom_port),
     ]
 
     def run_once() -> tuple[int, int, float]:
@@ -867,7 +693,7 @@ def c_move(target: Target, dataset: CtDataset, workdir: Path, repeats: int) -> d
         if result.returncode != 0:
             raise BenchError(
                 f"movescu failed ({result.returncode}) after {seconds:.0f} s with "
-                f"{count} files delivered:\n{_tail(result.stdout + result.stderr, 4)}"
+                f"{count} files delivered:\n{last_lines(result.stdout + result.stderr, 4)}"
             )
         return count, size, seconds
 
@@ -1005,16 +831,19 @@ def lookup(results: dict[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def halves(results: dict[str, Any], key: str) -> str:
+    """The RSS peaks in the first and second half of a run, for a ``….halves`` row."""
+    prefix = key.removesuffix(".halves")
+    first = lookup(results, f"{prefix}.peak_first_half_mib")
+    second = lookup(results, f"{prefix}.peak_second_half_mib")
+    return "—" if first is None or second is None else f"{first:.0f} / {second:.0f}"
+
+
 def _cell(results: dict[str, Any] | None, row: Row) -> str:
     if results is None:
         return ""
     if row.key.endswith(".halves"):
-        prefix = row.key.removesuffix(".halves")
-        first = lookup(results, f"{prefix}.peak_first_half_mib")
-        second = lookup(results, f"{prefix}.peak_second_half_mib")
-        if first is None or second is None:
-            return "—"
-        return f"{first:.0f} / {second:.0f}"
+        return halves(results, row.key)
     value = lookup(results, row.key)
     if value is None:
         return "—"
@@ -1024,37 +853,48 @@ def _cell(results: dict[str, Any] | None, row: Row) -> str:
     return f"{value:,.{row.digits}f}{note}"
 
 
-def _factor(openvna: dict[str, Any], orthanc: dict[str, Any] | None, row: Row) -> str:
-    if orthanc is None or row.key.endswith(".halves") or ".rss." in row.key:
+def factor(openvna: dict[str, Any], orthanc: dict[str, Any] | None, row: Row) -> str:
+    """How much faster OpenVNA is (> 1) than Orthanc; nothing for the memory rows."""
+    if orthanc is None or "rss" in row.key:
         return ""
     ours, theirs = lookup(openvna, row.key), lookup(orthanc, row.key)
     if not ours or not theirs:
         return "—"
-    factor = ours / theirs if row.higher_is_better else theirs / ours
-    colour = "green" if factor >= 1 else "red"
-    return f"[{colour}]{factor:.2f}×[/{colour}]"
+    ratio = ours / theirs if row.higher_is_better else theirs / ours
+    colour = "green" if ratio >= 1 else "red"
+    return f"[{colour}]{ratio:.2f}×[/{colour}]"
+
+
+def results_table(report: dict[str, Any], what: str, caption: str) -> Table:
+    """A table titled with the data set, captioned with the machine, and the OpenVNA column."""
+    data = report["dataset"]
+    machine = report["machine"]
+    table = Table(
+        title=(
+            f"{what} benchmark: {data['instances']} CT instances in {data['series']} series, "
+            f"{data['bytes'] / MB:,.0f} MB ({data['bytes'] / data['instances'] / MB:.2f} MB each)"
+        ),
+        caption=(
+            f"OpenVNA {report['openvna_revision']}; {machine['cpus']} CPUs, load "
+            f"average {machine['load_average']}; {caption}"
+        ),
+    )
+    table.add_column("measurement")
+    table.add_column("unit")
+    table.add_column("OpenVNA", justify="right")
+    return table
 
 
 def print_table(report: dict[str, Any]) -> None:
     targets = report["targets"]
     openvna: dict[str, Any] = targets["OpenVNA"]
     orthanc: dict[str, Any] | None = targets.get("Orthanc")
-    data = report["dataset"]
-    table = Table(
-        title=(
-            f"DIMSE benchmark: {data['instances']} CT instances in {data['series']} series, "
-            f"{data['bytes'] / MB:,.0f} MB ({data['bytes'] / data['instances'] / MB:.2f} MB each)"
-        ),
-        caption=(
-            f"OpenVNA {report['openvna_revision']}; {report['machine']['cpus']} CPUs, load "
-            f"average {report['machine']['load_average']}; dcmtk {report['dcmtk']}; "
-            "MB = 10^6 bytes; C-FIND/C-ECHO times include "
-            "starting the dcmtk tool; factor > 1 means OpenVNA is faster"
-        ),
+    table = results_table(
+        report,
+        "DIMSE",
+        f"dcmtk {report['dcmtk']}; MB = 10^6 bytes; C-FIND/C-ECHO times include "
+        "starting the dcmtk tool; factor > 1 means OpenVNA is faster",
     )
-    table.add_column("measurement")
-    table.add_column("unit")
-    table.add_column("OpenVNA", justify="right")
     if orthanc is not None:
         table.add_column(f"Orthanc\n{report.get('orthanc_version', '')}", justify="right")
         table.add_column("factor", justify="right")
@@ -1062,7 +902,7 @@ def print_table(report: dict[str, Any]) -> None:
     for row in ROWS:
         cells = [row.label, row.unit, _cell(openvna, row)]
         if orthanc is not None:
-            cells += [_cell(orthanc, row), _factor(openvna, orthanc, row)]
+            cells += [_cell(orthanc, row), factor(openvna, orthanc, row)]
         reference = REFERENCE.get(row.key)
         cells.append("" if reference is None else f"~{reference:,.0f}")
         table.add_row(*cells)
@@ -1095,54 +935,64 @@ def openvna_revision() -> str:
     return result.stdout.strip() or "?"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Benchmark OpenVNA (and optionally Orthanc) over DIMSE with dcmtk tools."
-    )
+def parse_benchmark_args(
+    argv: Sequence[str] | None,
+    description: str,
+    orthanc_help: str,
+    counts: dict[str, tuple[int, str]],
+) -> argparse.Namespace:
+    """The options of both benchmarks, with each one's own ``counts`` (option: default, help).
+
+    Every count, ``--instances`` and ``--series`` included, must be at least 1.
+    """
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--instances", type=int, default=960, help="CT slices (~0.5 MB each; default 960)"
     )
     parser.add_argument("--series", type=int, default=4, help="series in the study (default 4)")
-    parser.add_argument(
-        "--orthanc", action="store_true", help="also measure Orthanc (apt-get installs it)"
-    )
+    parser.add_argument("--orthanc", action="store_true", help=orthanc_help)
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the raw numbers here")
-    parser.add_argument(
-        "--find-repeats", type=int, default=50, help="timed findscu/echoscu calls (default 50)"
-    )
-    parser.add_argument(
-        "--retrieve-repeats", type=int, default=3, help="C-GET and C-MOVE runs (default 3)"
-    )
+    for option, (default, text) in counts.items():
+        parser.add_argument(option, type=int, default=default, help=text)
     parser.add_argument("--openvna", metavar="EXE", help="openvna executable (default .venv)")
     parser.add_argument(
         "--workdir", type=Path, help="keep archives and logs here (default: a temp dir, removed)"
     )
     parser.add_argument("--cache", type=Path, default=CACHE, help=f"data set cache ({CACHE})")
     args = parser.parse_args(argv)
-    for name in ("instances", "series", "find_repeats", "retrieve_repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for option in ("--instances", "--series", *counts):
+        if getattr(args, option.removeprefix("--").replace("-", "_")) < 1:
+            parser.error(f"{option} must be at least 1")
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    dcmtk = find_dcmtk()
-    orthanc_binary = ensure_orthanc() if args.orthanc else None
+def load_dataset(args: argparse.Namespace) -> CtDataset:
+    """The data set the options ask for (built or taken from the cache), announced."""
     dataset = build_dataset(args.instances, args.series, args.cache)
     console.print(
         f"data set: {len(dataset.files)} instances, {len(dataset.series)} series, "
         f"{dataset.total_bytes / MB:,.0f} MB in {dataset.root}"
     )
-    options = Options(args.find_repeats, args.retrieve_repeats)
-    report: dict[str, Any] = {
+    return dataset
+
+
+def new_report(
+    dataset: CtDataset,
+    options: Any,
+    reference: dict[str, float],
+    dataset_details: dict[str, Any] | None = None,
+    **details: Any,
+) -> dict[str, Any]:
+    """What a benchmark report holds besides its ``targets`` (filled in by the run)."""
+    return {
         "dataset": {
             "instances": len(dataset.files),
             "series": len(dataset.series),
             "bytes": dataset.total_bytes,
+            **(dataset_details or {}),
             "path": str(dataset.root),
         },
-        "dcmtk": dcmtk.version,
+        **details,
         "openvna_revision": openvna_revision(),
         "machine": {
             "cpus": os.cpu_count(),
@@ -1151,51 +1001,80 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_average": " ".join(f"{v:.2f}" for v in os.getloadavg()),
         },
         "options": asdict(options),
-        "reference_orthanc": REFERENCE,
+        "reference_orthanc": reference,
         "targets": {},
     }
-    keep = args.workdir is not None
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dimse-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    targets: list[Target] = [
-        OpenVnaTarget(
-            "OpenVNA",
-            "OPENVNA",
-            free_port(),
-            dcmtk,
-            workdir / "openvna",
-            executable=openvna_executable(args.openvna),
-        )
-    ]
-    if orthanc_binary is not None:
-        report["orthanc_version"] = orthanc_version(orthanc_binary)
-        targets.append(
-            OrthancTarget(
-                "Orthanc", "ORTHANC", free_port(), dcmtk, workdir / "orthanc", binary=orthanc_binary
-            )
-        )
-    try:
-        for target in targets:
-            console.rule(target.name)
-            try:
-                report["targets"][target.name] = run_suite(target, dataset, options)
-            finally:
-                target.stop()
-    finally:
-        if not keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        console.print(f"raw numbers written to {args.json}")
-    print_table(report)
+
+
+def finish(
+    report: dict[str, Any], json_path: Path | None, table: Callable[[dict[str, Any]], None]
+) -> int:
+    """Write the JSON (if asked) and print the table; 1 if a measurement failed, else 0."""
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        console.print(f"raw numbers written to {json_path}")
+    table(report)
     failed = any(results.get("errors") for results in report["targets"].values())
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """Exit with ``main``'s status, or 2 (after printing it) on a :class:`BenchError`."""
     try:
         sys.exit(main())
     except BenchError as error:
         console.print(f"[red]error:[/red] {error}")
         sys.exit(2)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return parse_benchmark_args(
+        argv,
+        "Benchmark OpenVNA (and optionally Orthanc) over DIMSE with dcmtk tools.",
+        "also measure Orthanc (apt-get installs it)",
+        {
+            "--find-repeats": (50, "timed findscu/echoscu calls (default 50)"),
+            "--retrieve-repeats": (3, "C-GET and C-MOVE runs (default 3)"),
+        },
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    dcmtk = find_dcmtk()
+    orthanc_binary = ensure_orthanc() if args.orthanc else None
+    dataset = load_dataset(args)
+    options = Options(args.find_repeats, args.retrieve_repeats)
+    report = new_report(dataset, options, REFERENCE, dcmtk=dcmtk.version)
+    with work_directory(args.workdir, "dimse-bench-") as workdir:
+        targets: list[Target] = [
+            OpenVnaTarget(
+                "OpenVNA",
+                "OPENVNA",
+                workdir / "openvna",
+                executable=openvna_executable(args.openvna),
+                destination_port=free_port(),
+                dcmtk=dcmtk,
+            )
+        ]
+        if orthanc_binary is not None:
+            report["orthanc_version"] = orthanc_version(orthanc_binary)
+            targets.append(
+                OrthancTarget(
+                    "Orthanc",
+                    "ORTHANC",
+                    workdir / "orthanc",
+                    binary=orthanc_binary,
+                    destination_port=free_port(),
+                    dcmtk=dcmtk,
+                )
+            )
+        report["targets"] = measure_each(
+            targets, lambda target: run_suite(target, dataset, options)
+        )
+    return finish(report, args.json, print_table)
+
+
+if __name__ == "__main__":
+    run_main(main)
