@@ -155,3 +155,56 @@ def test_maintenance_when_alone_and_after_close(tmp_path: Path) -> None:
         first.close()
     with pytest.raises(RuntimeError), first.maintenance():
         pass
+
+
+def test_concurrent_commits_share_directory_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit of directory fsyncs: eight writers committing into one shard at once
+    cost fewer syncs than writers, and each returns only after a sync that began after
+    its own rename (so its directory entry is durable)."""
+    import threading
+
+    from openvna.storage import filesystem
+
+    syncs: list[tuple[float, float]] = []
+    shard_syncs: list[Path] = []
+    real_fsync = filesystem._fsync_directory
+
+    def slow_fsync(path: Path) -> None:
+        started = time.monotonic()
+        time.sleep(0.02)  # a slow disk: writers pile up behind the running sync
+        real_fsync(path)
+        syncs.append((started, time.monotonic()))
+        if len(path.relative_to(tmp_path / "storage").parts) == 2:  # YYYYMMDD/HHMM
+            shard_syncs.append(path)
+
+    monkeypatch.setattr(filesystem, "_fsync_directory", slow_fsync)
+    storage = FilesystemStorage(tmp_path / "storage")
+    renamed_at: dict[str, float] = {}
+    returned_at: dict[str, float] = {}
+    real_replace = filesystem.os.replace
+
+    def recording_replace(source: object, target: object) -> None:
+        real_replace(source, target)  # type: ignore[arg-type]
+        renamed_at[Path(str(target)).name] = time.monotonic()
+
+    monkeypatch.setattr(filesystem.os, "replace", recording_replace)
+
+    def write(number: int) -> None:
+        pending = storage.begin_write()
+        pending.write(b"instance %d" % number)
+        stored = pending.commit()
+        returned_at[Path(stored.key).name] = time.monotonic()
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    storage.close()
+    assert len(returned_at) == 8
+    assert 1 <= len(shard_syncs) < 8  # shared: fewer syncs of the shard than writers
+    for name, renamed in renamed_at.items():
+        covering = [s for s in syncs if s[0] >= renamed and s[1] <= returned_at[name]]
+        assert covering, f"{name} returned without a directory sync after its rename"
