@@ -72,6 +72,11 @@ class FrameRepresentation:
         return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
 
 
+def media_type_of(transfer_syntax: str) -> str:
+    """The media type of frames stored in ``transfer_syntax`` (octet-stream if native)."""
+    return _MEDIA_TYPE_OF.get(transfer_syntax, OCTET_STREAM)
+
+
 def is_video(transfer_syntax: str) -> bool:
     """Video syntaxes encode a stream, not frames one can address (PS3.5 8.2.5-8.2.8)."""
     return transfer_syntax.startswith(_VIDEO_PREFIX)

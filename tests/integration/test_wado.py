@@ -245,3 +245,34 @@ def test_transcoding_to_a_lossless_syntax(
     assert received.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
     assert received.SOPInstanceUID == original.SOPInstanceUID
     assert (received.pixel_array == original.pixel_array).all()
+
+
+def test_encapsulated_pixel_data_bulkdata_comes_frame_by_frame(
+    stored_archive: ArchiveProcess, sample_studies: Samples, tmp_path: Path
+) -> None:
+    """Compressed Pixel Data's BulkDataURI answers each frame in its media type."""
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import RLELossless, generate_uid
+
+    us = next(s for s in sample_studies[1] if s.modality == "US")
+    compressed = dcmread(us.paths[0])
+    compressed.StudyInstanceUID = generate_uid()
+    compressed.SeriesInstanceUID = generate_uid()
+    compressed.SOPInstanceUID = generate_uid()
+    compressed.compress(RLELossless, generate_instance_uid=False)
+    path = tmp_path / "rle.dcm"
+    compressed.save_as(path, enforce_file_format=True)
+    stored_archive.cli("import", str(path))
+    expected = list(
+        generate_frames(compressed.PixelData, number_of_frames=int(compressed.NumberOfFrames))
+    )
+    assert len(expected) > 1
+
+    web = client(stored_archive)
+    item = web.retrieve_instance_metadata(
+        compressed.StudyInstanceUID, compressed.SeriesInstanceUID, compressed.SOPInstanceUID
+    )
+    uri = item["7FE00010"]["BulkDataURI"]
+    response = fetch(stored_archive, uri.removeprefix(stored_archive.http_url))
+    assert 'type="image/dicom-rle"' in response.headers["Content-Type"]
+    assert web.retrieve_bulkdata(uri, media_types=("image/dicom-rle",)) == expected

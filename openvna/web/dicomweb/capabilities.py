@@ -111,4 +111,3 @@ def endpoint(context: DicomWebContext, described: list[BaseRoute]) -> Any:
         return Response(_wadl(base, resources), media_type=WADL, headers=allow)
 
     return capabilities
-

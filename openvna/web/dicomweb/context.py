@@ -34,15 +34,24 @@ class DicomWebContext:
         return origin(request) + "/viewer"
 
     def study_url(self, request: Request, study_uid: str) -> str:
-        return f"{self.base_url(request)}/studies/{study_uid}"
-
-    def series_url(self, request: Request, study_uid: str, series_uid: str) -> str:
-        return f"{self.study_url(request, study_uid)}/series/{series_uid}"
+        return resource_url(self.base_url(request), study_uid)
 
     def instance_url(
         self, request: Request, study_uid: str, series_uid: str, sop_instance_uid: str
     ) -> str:
-        return f"{self.series_url(request, study_uid, series_uid)}/instances/{sop_instance_uid}"
+        return resource_url(self.base_url(request), study_uid, series_uid, sop_instance_uid)
+
+
+def resource_url(
+    base: str, study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None
+) -> str:
+    """The WADO-RS URL of a study, series or instance under the DICOMweb root ``base``."""
+    url = f"{base}/studies/{study_uid}"
+    if series_uid is not None:
+        url += f"/series/{series_uid}"
+        if sop_instance_uid is not None:
+            url += f"/instances/{sop_instance_uid}"
+    return url
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 from openvna.archive.attributes import Level
 from openvna.archive.query import Condition, Query, build_condition, resolve_attribute
 from openvna.errors import BadRequestError, QueryError
-from openvna.web.dicomweb.context import DicomWebContext
+from openvna.web.dicomweb.context import DicomWebContext, resource_url
 from openvna.web.dicomweb.media import DICOM_JSON, negotiate, parse_accept
 
 _REQUEST_ATTRIBUTES_SEQUENCE = 0x00400275
@@ -292,17 +292,11 @@ def _first(result: dict[str, Any], tag: int) -> str | None:
 
 def _add_retrieve_url(result: dict[str, Any], level: Level, base: str) -> None:
     study = _first(result, _STUDY_UID)
-    if study is None:
+    series = _first(result, _SERIES_UID) if level is not Level.STUDY else None
+    instance = _first(result, _SOP_INSTANCE_UID) if level is Level.IMAGE else None
+    if study is None or (level is not Level.STUDY and series is None):
         return
-    url = f"{base}/studies/{study}"
-    if level is not Level.STUDY:
-        series = _first(result, _SERIES_UID)
-        if series is None:
-            return
-        url += f"/series/{series}"
-        if level is Level.IMAGE:
-            instance = _first(result, _SOP_INSTANCE_UID)
-            if instance is None:
-                return
-            url += f"/instances/{instance}"
+    if level is Level.IMAGE and instance is None:
+        return
+    url = resource_url(base, study, series, instance)
     result[_RETRIEVE_URL] = {"vr": "UR", "Value": [url]}

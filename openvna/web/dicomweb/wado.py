@@ -23,12 +23,13 @@ from typing import Any, BinaryIO
 from anyio import to_thread
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
 from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from openvna.archive.frame_media import media_type_of
+from openvna.archive.header import BULK_THRESHOLD
 from openvna.archive.transcode import EXPLICIT_VR_LITTLE_ENDIAN, can_produce, transcode
 from openvna.errors import (
     BadRequestError,
@@ -39,7 +40,7 @@ from openvna.errors import (
 from openvna.index.metadata import iter_headers
 from openvna.index.pixels import PixelSource, find_pixel_source
 from openvna.index.search import RetrievableInstance
-from openvna.web.dicomweb.context import DicomWebContext
+from openvna.web.dicomweb.context import DicomWebContext, resource_url
 from openvna.web.dicomweb.media import (
     DICOM,
     DICOM_JSON,
@@ -63,24 +64,6 @@ _PIXEL_DATA = 0x7FE00010
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _BULK_PREFIX = '"BulkDataURI":"bulkdata/'
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-COMPRESSED_FRAME_TYPES = {
-    "1.2.840.10008.1.2.4.50": "image/jpeg",
-    "1.2.840.10008.1.2.4.51": "image/jpeg",
-    "1.2.840.10008.1.2.4.57": "image/jpeg",
-    "1.2.840.10008.1.2.4.70": "image/jpeg",
-    "1.2.840.10008.1.2.4.80": "image/jls",
-    "1.2.840.10008.1.2.4.81": "image/jls",
-    "1.2.840.10008.1.2.4.90": "image/jp2",
-    "1.2.840.10008.1.2.4.91": "image/jp2",
-    "1.2.840.10008.1.2.4.92": "image/jpx",
-    "1.2.840.10008.1.2.4.93": "image/jpx",
-    "1.2.840.10008.1.2.5": "image/dicom-rle",
-    "1.2.840.10008.1.2.4.100": "video/mpeg",
-    "1.2.840.10008.1.2.4.102": "video/mp4",
-    "1.2.840.10008.1.2.4.103": "video/mp4",
-}
-"""Media type of encapsulated Pixel Data per transfer syntax (PS3.18 Table 8.7.3-2)."""
 
 
 @dataclass(frozen=True)
@@ -290,8 +273,13 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
 
         for header in iter_headers(archive.engine, study, series, instance):
             url = (
-                f"{base}/studies/{header.study_instance_uid}/series/"
-                f"{header.series_instance_uid}/instances/{header.sop_instance_uid}/bulkdata/"
+                resource_url(
+                    base,
+                    header.study_instance_uid,
+                    header.series_instance_uid,
+                    header.sop_instance_uid,
+                )
+                + "/bulkdata/"
             )
             batch.append(header.dicom_json.replace(_BULK_PREFIX, f'"BulkDataURI":"{url}'))
             if len(batch) == 256:
@@ -341,7 +329,10 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
             and location.pixel_data_length not in (None, _UNDEFINED_LENGTH)
         ):
             return await _native_pixel_bulkdata(request, accept, location)
-        parts = await to_thread.run_sync(_bulk_value_parts, storage, location, tag)
+        if tag == _PIXEL_DATA and location.pixel_data_length == _UNDEFINED_LENGTH:
+            parts = await to_thread.run_sync(encapsulated_frames, location)
+        else:
+            parts = await to_thread.run_sync(_bulk_value_parts, storage, location, tag)
         media_types = {media_type.split(";")[0] for media_type, _ in parts}
         single_offer = [OCTET_STREAM] if media_types == {OCTET_STREAM} and len(parts) == 1 else []
         chosen, media_range = negotiate(accept, [*single_offer, MULTIPART_RELATED])
@@ -361,6 +352,15 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         return Response(
             body, headers={"Content-Type": multipart_content_type(boundary, first_type)}
         )
+
+    def encapsulated_frames(location: PixelSource) -> list[tuple[str, bytes]]:
+        """Compressed Pixel Data frame by frame, each in its media type (PS3.18
+        8.7.3.3.2), read through the archive's frame store (cached fragment tables)."""
+        image = archive.pixels.image(location)
+        numbers = list(range(1, image.geometry.number_of_frames + 1))
+        syntax = location.transfer_syntax_uid
+        content_type = f"{media_type_of(syntax)}; transfer-syntax={syntax}"
+        return [(content_type, frame) for frame in archive.pixels.read_frames(image, numbers)]
 
     async def _native_pixel_bulkdata(
         request: Request, accept: list[MediaRange], location: PixelSource
@@ -454,22 +454,15 @@ def _find_element(dataset: Dataset, tag: int) -> Any:
 
 
 def _bulk_value_parts(storage: Any, location: PixelSource, tag: int) -> list[tuple[str, bytes]]:
-    """(media type, bytes) parts of one bulk value read with pydicom.
-
-    Encapsulated Pixel Data is returned frame by frame in its compressed media type
-    (PS3.18 8.7.3.3.2); any other value as one application/octet-stream part.
-    """
+    """One bulk value other than encapsulated Pixel Data, read with pydicom, as one
+    application/octet-stream part. Large values stay deferred until the one asked for
+    is read, so the other bulk data (Pixel Data, usually) is never loaded."""
     with storage.open(location.storage_key) as handle:
-        dataset = dcmread(handle)
+        dataset = dcmread(handle, defer_size=BULK_THRESHOLD)
         element = _find_element(dataset, tag)
         if element is None or element.value is None:
             raise NotFoundError(f"the instance has no bulk data element {tag:08X}")
         value = element.value
-        if tag == _PIXEL_DATA and location.pixel_data_length == _UNDEFINED_LENGTH:
-            media_type = COMPRESSED_FRAME_TYPES.get(location.transfer_syntax_uid, OCTET_STREAM)
-            frames = int(dataset.get("NumberOfFrames", 1) or 1)
-            parameter = f"{media_type}; transfer-syntax={location.transfer_syntax_uid}"
-            return [(parameter, frame) for frame in generate_frames(value, number_of_frames=frames)]
         if isinstance(value, bytes):
             return [(OCTET_STREAM, value)]
         raise NotFoundError(f"element {tag:08X} holds no binary value")
