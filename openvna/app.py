@@ -9,7 +9,10 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
-from openvna.archive.events import EventBus
+from openvna.ai.jobs import Orchestrator
+from openvna.ai.registry import load_registry
+from openvna.ai.worker import run_worker_process
+from openvna.archive.events import EventBus, StudyStable
 from openvna.archive.service import Archive, StabilityMonitor, SweepReport
 from openvna.config import Settings
 from openvna.dimse.peers import PeerRegistry
@@ -61,6 +64,7 @@ class RunningArchive:
     dimse_port: int
     http_port: int
     sweep: SweepReport
+    ai_worker: list[int] = field(default_factory=list)
     stopped: bool = field(default=False)
 
     def stop(self) -> None:
@@ -69,6 +73,7 @@ class RunningArchive:
         self.stopped = True
         self.http.stop()
         stop_workers(self.dimse_workers)
+        stop_workers(self.ai_worker)
         self.dimse.stop()
         for shared in (self.dimse_socket, self.http_socket):
             if shared is not None:
@@ -119,6 +124,7 @@ def start_archive(settings: Settings) -> RunningArchive:
                 settings, shared_socket, http_socket, balancer, slot, processes
             ),
         )
+    ai_worker = _fork_ai_worker(settings, archive) if settings.ai.enabled else []
     dimse = _dimse_server(settings, archive, shared_socket, balancer, processes)
     dimse_port = dimse.start()
     http = _http_server(settings, archive, dimse_port, http_socket)
@@ -126,8 +132,12 @@ def start_archive(settings: Settings) -> RunningArchive:
         http_port = http.start()
     except Exception:
         stop_workers(workers)
+        stop_workers(ai_worker)
         dimse.stop()
         raise
+    if settings.ai.enabled:
+        orchestrator = Orchestrator(settings, archive.engine, load_registry(settings))
+        archive.bus.subscribe(StudyStable, orchestrator.on_study_stable)
     monitor = StabilityMonitor(archive)
     monitor.start()
     logger.info("DIMSE served by %d process(es)", processes)
@@ -143,7 +153,14 @@ def start_archive(settings: Settings) -> RunningArchive:
         dimse_port,
         http_port,
         sweep,
+        ai_worker,
     )
+
+
+def _fork_ai_worker(settings: Settings, archive: Archive) -> list[int]:
+    """The AI worker process (openvna/ai/worker.py), forked while single-threaded."""
+    archive.engine.dispose()  # no database connection may cross the fork
+    return fork_workers(1, lambda _slot: run_worker_process(settings))
 
 
 def _dimse_server(

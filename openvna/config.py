@@ -120,6 +120,43 @@ class IngestSettings(BaseModel):
     max_dataset_bytes: int = Field(default=2 * 1024**3, ge=1024)
 
 
+class AiSettings(BaseModel):
+    """AI orchestration: where models are found and how their jobs run."""
+
+    model_config = ConfigDict(extra="forbid")  # a mistyped key is an error, not ignored
+
+    enabled: bool = Field(
+        default=True,
+        description="run AI jobs (the global stop switch "
+        "at start; 'openvna ai stop' flips it at run time)",
+    )
+    models_dir: Path | None = Field(
+        default=None,
+        description="folder of model folders with manifest.toml; default: <data_dir>/models",
+    )
+    builtin_models: bool = Field(
+        default=True, description="offer the reference models shipped with OpenVNA"
+    )
+    workers: int = Field(default=2, ge=1, le=64, description="AI jobs running at once")
+    gpu_slots: int | None = Field(
+        default=None, ge=0, description="GPU jobs at once; default: number of GPUs found"
+    )
+    poll_interval: float = Field(default=0.2, gt=0, le=10, description="seconds")
+    nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="scheduling niceness of the AI worker process, "
+        "so ingest keeps its speed while models run",
+    )
+    retry_backoff: float = Field(
+        default=5.0, ge=0, description="seconds before the first retry; doubles per attempt"
+    )
+    retention_days: int = Field(
+        default=365, ge=1, description="provenance records older than this are deleted"
+    )
+
+
 class Settings(BaseSettings):
     """Everything OpenVNA needs to know to start."""
 
@@ -140,6 +177,7 @@ class Settings(BaseSettings):
     dimse: DimseSettings = Field(default_factory=DimseSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    ai: AiSettings = Field(default_factory=AiSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -166,6 +204,11 @@ class Settings(BaseSettings):
     @property
     def storage_dir(self) -> Path:
         return self.data_dir / "storage"
+
+    @property
+    def models_dir(self) -> Path:
+        """Folder scanned for model manifests (``<name>/manifest.toml``)."""
+        return self.ai.models_dir if self.ai.models_dir is not None else self.data_dir / "models"
 
     @property
     def peers_file(self) -> Path:

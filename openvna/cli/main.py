@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from openvna.app import open_archive, peer_registry, start_archive
+from openvna.cli.ai import ai_app
 from openvna.cli.importer import ImportSummary, enumerate_items, import_item
 from openvna.config import PeerConfig, Settings, load_settings
 
@@ -29,6 +30,7 @@ samples_app = typer.Typer(
 )
 app.add_typer(peers_app, name="peers")
 app.add_typer(samples_app, name="samples")
+app.add_typer(ai_app, name="ai")
 console = Console()
 
 DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Archive data directory.")]

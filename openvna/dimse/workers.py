@@ -77,7 +77,7 @@ def fork_workers(count: int, run_worker: Callable[[int], None]) -> list[int]:
     (PR_SET_PDEATHSIG), so a killed server never leaves DIMSE workers holding the port.
     """
     if threading.active_count() != 1:
-        raise RuntimeError("DIMSE workers must be forked before any thread starts")
+        raise RuntimeError("worker processes must be forked before any thread starts")
     pids = []
     for slot in range(1, count + 1):
         pid = os.fork()
@@ -87,7 +87,7 @@ def fork_workers(count: int, run_worker: Callable[[int], None]) -> list[int]:
                 _die_with_parent()
                 run_worker(slot)
             except BaseException:
-                logger.exception("DIMSE worker %d failed", slot)
+                logger.exception("worker process %d failed", slot)
                 code = 1
             finally:
                 logging.shutdown()

@@ -35,7 +35,7 @@ class PixelSource:
     """The stored DICOM JSON header (bulk data as BulkDataURI), compact text."""
 
 
-_COLUMNS = (
+PIXEL_SOURCE_COLUMNS = (
     studies.c.study_instance_uid,
     series.c.series_instance_uid,
     instances.c.sop_instance_uid,
@@ -47,7 +47,7 @@ _COLUMNS = (
 )
 
 _BY_UIDS = (
-    select(*_COLUMNS)
+    select(*PIXEL_SOURCE_COLUMNS)
     .select_from(instances)
     .join(series, instances.c.series_pk == series.c.pk)
     .join(studies, series.c.study_pk == studies.c.pk)
@@ -73,7 +73,7 @@ _IMAGES_OF_STUDY = (
 )
 
 _BY_PK = (
-    select(*_COLUMNS)
+    select(*PIXEL_SOURCE_COLUMNS)
     .select_from(instances)
     .join(series, instances.c.series_pk == series.c.pk)
     .join(studies, series.c.study_pk == studies.c.pk)

@@ -145,3 +145,146 @@ archive_state = Table(
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# -- AI orchestration (openvna/ai) ------------------------------------------------------
+
+ai_jobs = Table(
+    "ai_jobs",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("job_uid", UID, nullable=False, unique=True),  # also its UPS workitem UID
+    Column("model_name", String(64), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("study_instance_uid", UID, nullable=False),
+    Column("series_instance_uid", UID, nullable=False),
+    # scheduled, running, completed, failed, cancelled
+    Column("state", String(16), nullable=False),
+    Column("trigger", String(16), nullable=False),  # rule, api, cli, ups
+    Column("requested_by", String(128), nullable=False, default=""),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False, default=1),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("worker", String(128), nullable=False, default=""),
+    Column("error", Text, nullable=False, default=""),
+    Column("progress", Integer, nullable=False, default=0),
+)
+Index("ix_ai_jobs_due", ai_jobs.c.state, ai_jobs.c.next_attempt_at)
+Index("ix_ai_jobs_series", ai_jobs.c.series_instance_uid, ai_jobs.c.model_name)
+Index("ix_ai_jobs_study", ai_jobs.c.study_instance_uid)
+
+ai_runs = Table(
+    "ai_runs",
+    metadata,
+    # Provenance of one attempt of one job (EU AI Act Art. 12 record keeping).
+    Column("pk", Integer, primary_key=True),
+    Column("job_pk", Integer, ForeignKey("ai_jobs.pk", ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("model_name", String(64), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("artifact_sha256", String(64), nullable=False, default=""),
+    Column("runtime", String(16), nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("requested_by", String(128), nullable=False, default=""),
+    Column("host", String(255), nullable=False, default=""),
+    Column("pid", Integer, nullable=False, default=0),
+    Column("study_instance_uid", UID, nullable=False),
+    Column("series_instance_uid", UID, nullable=False),
+    Column("inputs_json", Text, nullable=False, default="[]"),  # [{uid, sha256}]
+    Column("parameters_json", Text, nullable=False, default="{}"),
+    Column("outputs_json", Text, nullable=False, default="[]"),  # [{uid, class, kind}]
+    Column("result_json", Text, nullable=False, default="{}"),  # findings, measurements
+    Column("status", String(16), nullable=False),  # running, completed, failed, cancelled
+    Column("error", Text, nullable=False, default=""),
+    Column("started_at", Float, nullable=False),
+    Column("model_seconds", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+)
+Index("ix_ai_runs_job_pk", ai_runs.c.job_pk)
+Index("ix_ai_runs_started_at", ai_runs.c.started_at)
+Index("ix_ai_runs_study", ai_runs.c.study_instance_uid)
+
+ai_outputs = Table(
+    "ai_outputs",
+    metadata,
+    # Every instance an AI run stored, and whether a human rejected it.
+    Column("pk", Integer, primary_key=True),
+    Column("run_pk", Integer, ForeignKey("ai_runs.pk", ondelete="CASCADE"), nullable=False),
+    Column("sop_instance_uid", UID, nullable=False, unique=True),
+    Column("sop_class_uid", UID, nullable=False),
+    Column("series_instance_uid", UID, nullable=False),
+    Column("study_instance_uid", UID, nullable=False),
+    Column("kind", String(16), nullable=False),  # sr, seg, sc, pmap
+    Column("rejected_at", Float, nullable=True),
+    Column("rejected_by", String(128), nullable=False, default=""),
+    Column("rejection_reason", Text, nullable=False, default=""),
+)
+Index("ix_ai_outputs_series", ai_outputs.c.series_instance_uid)
+Index("ix_ai_outputs_study", ai_outputs.c.study_instance_uid)
+
+ai_model_state = Table(
+    "ai_model_state",
+    metadata,
+    # The stop switch: name '*' is the global switch.
+    Column("model_name", String(64), primary_key=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("changed_at", Float, nullable=False),
+    Column("changed_by", String(128), nullable=False, default=""),
+    Column("reason", Text, nullable=False, default=""),
+)
+
+# -- UPS-RS workitems (PS3.4 Annex CC, PS3.18 11) --------------------------------------
+
+ups_workitems = Table(
+    "ups_workitems",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("sop_instance_uid", UID, nullable=False, unique=True),
+    Column("state", String(16), nullable=False),  # SCHEDULED, IN PROGRESS, CANCELED, COMPLETED
+    Column("transaction_uid", UID, nullable=True),
+    Column("dataset_json", Text, nullable=False),
+    Column("priority", String(8), nullable=False, default="MEDIUM"),
+    Column("scheduled_start", String(26), nullable=False, default=""),
+    Column("worklist_label", LO, nullable=False, default=""),
+    Column("patient_id", LO, nullable=False, default=""),
+    Column("study_instance_uid", UID, nullable=False, default=""),
+    Column("job_pk", Integer, ForeignKey("ai_jobs.pk", ondelete="SET NULL"), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_ups_workitems_state", ups_workitems.c.state)
+Index("ix_ups_workitems_job_pk", ups_workitems.c.job_pk)
+
+ups_subscriptions = Table(
+    "ups_subscriptions",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("subscriber_aet", String(16), nullable=False),
+    # a workitem UID, or the Global Subscription Instance UID 1.2.840.10008.5.1.4.34.5
+    # (1.2.840.10008.5.1.4.34.5.1 for a filtered global subscription)
+    Column("workitem_uid", UID, nullable=False),
+    Column("deletion_lock", Boolean, nullable=False, default=False),
+    Column("filter_json", Text, nullable=False, default=""),
+    Column("suspended", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("subscriber_aet", "workitem_uid", name="uq_ups_subscriptions_aet_item"),
+)
+
+ups_events = Table(
+    "ups_events",
+    metadata,
+    # Event reports to deliver (PS3.4 CC.2.4); every HTTP process polls this log, so a
+    # subscriber's WebSocket gets events whichever process (or node) changed the item.
+    Column("pk", Integer, primary_key=True),
+    Column("workitem_uid", UID, nullable=False),
+    Column("event_type_id", Integer, nullable=False),
+    Column("event_json", Text, nullable=False),
+    # NULL: for every subscriber of the workitem; an AE title: only for that subscriber
+    # (the initial State Report that a new subscription gets, PS3.4 CC.2.3.2).
+    Column("subscriber_aet", String(16), nullable=True),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_ups_events_created_at", ups_events.c.created_at)

@@ -23,9 +23,9 @@ from openvna import __version__
 from openvna.archive.service import Archive
 from openvna.config import HttpSettings
 from openvna.errors import BadRequestError, OpenVNAError, QueryError
-from openvna.web import viewer
+from openvna.web import ai_api, viewer
 from openvna.web.api import openapi_document, study_list_query, study_summary
-from openvna.web.dicomweb import capabilities, frames, qido, stow, wado, wado_uri
+from openvna.web.dicomweb import capabilities, frames, qido, stow, ups, wado, wado_uri
 from openvna.web.dicomweb.context import DICOMWEB_ROOT, DicomWebContext
 from openvna.web.errors import (
     http_error_handler,
@@ -102,12 +102,14 @@ def create_app(
         *qido.routes(context),
         *frames.routes(context),
         *wado.routes(context),
+        *ups.routes(context),
     ]
     describe_dicomweb = capabilities.endpoint(context, dicomweb_routes)
     api_routes: list[BaseRoute] = [
         Route("/system", system, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/studies", study_list, methods=["GET"]),
+        *ai_api.routes(archive),
     ]
 
     async def openapi(request: Request) -> Response:

@@ -1,0 +1,1 @@
+"""AI orchestration inside the archive: model manifests, rules, jobs, runners, results."""
