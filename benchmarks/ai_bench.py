@@ -196,10 +196,12 @@ def main() -> int:
         table = Table(title=f"AI orchestration ({os.cpu_count()} cores)")
         table.add_column("measure")
         table.add_column("value", justify="right")
-        table.add_row("StudyStable → model start", f"{to_start:.3f} s")
-        table.add_row("  of which input assembly", f"{timings['assemble']:.3f} s")
+        table.add_row("StudyStable → attempt started", f"{to_start:.3f} s")
+        table.add_row(f"input assembly ({args.slices} slices)", f"{timings['assemble']:.3f} s")
         table.add_row("model's own time (trivial threshold)", f"{timings['model']:.3f} s")
-        table.add_row("model output → SR + SEG stored", f"{output_to_stored:.3f} s")
+        table.add_row("  SR + SEG built", f"{timings['build']:.3f} s")
+        table.add_row("  SR + SEG stored (ingest)", f"{timings['store']:.3f} s")
+        table.add_row("model output → SR + SEG stored and recorded", f"{output_to_stored:.3f} s")
         table.add_row(
             "orchestration overhead (start + store, assembly excluded)",
             f"{to_start + output_to_stored:.3f} s",

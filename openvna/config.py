@@ -149,6 +149,11 @@ class AiSettings(BaseModel):
         description="scheduling niceness of the AI worker process, "
         "so ingest keeps its speed while models run",
     )
+    idle_priority: bool = Field(
+        default=True,
+        description="run AI jobs under Linux SCHED_IDLE: they get the CPU only when "
+        "ingest and retrieval do not want it",
+    )
     retry_backoff: float = Field(
         default=5.0, ge=0, description="seconds before the first retry; doubles per attempt"
     )

@@ -3,9 +3,10 @@ each attempt in a forked child it can kill.
 
 Why a separate process, and a child per attempt:
 
-* ingest keeps its speed: the worker runs at ``ai.nice`` (default 10), so on a busy
-  machine the kernel gives DIMSE and HTTP processes the CPU first, and model code never
-  holds the GIL of a process that serves clients;
+* ingest keeps its speed: the worker runs under Linux's SCHED_IDLE policy
+  (``ai.idle_priority``, else at niceness ``ai.nice``), so on a busy machine the kernel
+  gives DIMSE and HTTP processes the CPU first, and model code never holds the GIL of a
+  process that serves clients;
 * a model that hangs, leaks or crashes (a segfault in a native runtime) takes down only
   its child: timeouts and the stop switch are a SIGKILL, not a polite request;
 * memory is returned to the system when each attempt ends.
@@ -80,6 +81,9 @@ class AiWorker:
     def serve(self, should_stop: Callable[[], bool]) -> None:
         with contextlib.suppress(OSError):
             os.nice(self.settings.ai.nice)
+        if self.settings.ai.idle_priority and hasattr(os, "SCHED_IDLE"):
+            with contextlib.suppress(OSError):  # children inherit the policy
+                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         _warm_imports()
         self.recover()
         logger.info(
