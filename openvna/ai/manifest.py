@@ -51,8 +51,8 @@ class InputLevel(StrEnum):
     SERIES = "series"
     """The whole series as one volume (CT, MR, PET; a single-image series is 1 slice)."""
     IMAGE = "image"
-    """Each image of the series on its own (CR, DX, MG: one job per series, one 2D
-    image per instance; the model sees the first image unless it asks for all)."""
+    """Each image of the series on its own (CR, DX, MG): one job per series, the model
+    called once per image with a 2D volume, results written per image."""
 
 
 class InputSelection(BaseModel):

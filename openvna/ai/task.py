@@ -21,11 +21,12 @@ import logging
 import os
 import socket
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from openvna.ai.errors import AiError, ManifestError
-from openvna.ai.manifest import ModelManifest
+from openvna.ai.inputs import Volume
+from openvna.ai.manifest import InputLevel, ModelManifest
 from openvna.ai.outputs import ModelOutput, validate_output
 from openvna.ai.workitems import report_workitem
 from openvna.archive.ingest import Origin
@@ -89,6 +90,16 @@ def execute_job(
         )
 
 
+@dataclass
+class _Unit:
+    """One model call: the series (series-level models) or one image (image-level)."""
+
+    native: Volume
+    output: ModelOutput
+    algorithm: Any
+    results: list[Any]
+
+
 def _run(
     archive: Archive,
     repository: AiRepository,
@@ -102,39 +113,47 @@ def _run(
     from openvna.ai.results import AlgorithmIdentity, build_result_datasets, to_part10_bytes
     from openvna.ai.results.fhir import diagnostic_report
     from openvna.ai.runners.factory import build_runner
-    from openvna.ai.volume import assemble_series
+    from openvna.ai.volume import assemble_each_image, assemble_series
 
-    timings: dict[str, float] = {}
+    timings = {"assemble": 0.0, "model": 0.0, "build": 0.0}
     started = time.perf_counter()
-    volume = assemble_series(
-        archive, job.series_instance_uid, rescale=manifest.preprocessing.rescale
-    )
-    model_input = prepare(volume, manifest.preprocessing, dict(manifest.runtime.parameters))
-    native = model_input.native or model_input.volume
+    rescale = manifest.preprocessing.rescale
+    if manifest.input.level is InputLevel.IMAGE:
+        volumes = assemble_each_image(archive, job.series_instance_uid, rescale=rescale)
+    else:
+        volumes = [assemble_series(archive, job.series_instance_uid, rescale=rescale)]
     timings["assemble"] = time.perf_counter() - started
     _progress(archive, job, 20)
-
     runner = build_runner(manifest, gpu_available=gpu_available)
-    model_started = time.perf_counter()
-    output = runner.run(model_input)
-    model_seconds = time.perf_counter() - model_started
-    timings["model"] = model_seconds
-    output = validate_output(output, manifest.outputs, native.shape)
+    units: list[_Unit] = []
+    for index, volume in enumerate(volumes):
+        step = time.perf_counter()
+        model_input = prepare(volume, manifest.preprocessing, dict(manifest.runtime.parameters))
+        native = model_input.native or model_input.volume
+        timings["assemble"] += time.perf_counter() - step
+        step = time.perf_counter()
+        output = runner.run(model_input)
+        timings["model"] += time.perf_counter() - step
+        output = validate_output(output, manifest.outputs, native.shape)
+        step = time.perf_counter()
+        algorithm = AlgorithmIdentity(
+            name=manifest.name,
+            version=manifest.version,
+            manufacturer=manifest.manufacturer,
+            artifact_sha256=manifest.artifact_sha256(),
+            # result UIDs derive from this: one set per image of an image-level job
+            job_uid=job.job_uid if index == 0 else f"{job.job_uid}.{index + 1}",
+        )
+        units.append(
+            _Unit(native, output, algorithm, build_result_datasets(output, native, algorithm))
+        )
+        timings["build"] += time.perf_counter() - step
+    model_seconds = timings["model"]
     _progress(archive, job, 70)
 
-    results_started = time.perf_counter()
-    algorithm = AlgorithmIdentity(
-        name=manifest.name,
-        version=manifest.version,
-        manufacturer=manifest.manufacturer,
-        artifact_sha256=manifest.artifact_sha256(),
-        job_uid=job.job_uid,
-    )
-    results = build_result_datasets(output, native, algorithm)
-    timings["build"] = time.perf_counter() - results_started
     store_started = time.perf_counter()
     stored: list[dict[str, Any]] = []
-    for result in results:
+    for result in (result for unit in units for result in unit.results):
         try:
             archive.ingest_file(
                 io.BytesIO(to_part10_bytes(result.dataset)),
@@ -154,12 +173,18 @@ def _run(
             }
         )
     timings["store"] = time.perf_counter() - store_started
-    fhir = diagnostic_report(
-        output,
-        native,
-        algorithm,
-        result_instance_uids=[row["sop_instance_uid"] for row in stored],
+    fhir = _one_bundle(
+        [
+            diagnostic_report(
+                unit.output,
+                unit.native,
+                unit.algorithm,
+                result_instance_uids=[result.sop_instance_uid for result in unit.results],
+            )
+            for unit in units
+        ]
     )
+    warnings = [warning for unit in units for warning in unit.native.warnings]
     finished = time.time()
     with archive.engine.begin() as connection:
         repository.insert_outputs(connection, [{**row, "run_pk": run_pk} for row in stored])
@@ -182,9 +207,9 @@ def _run(
             ),
             result_json=json.dumps(
                 {
-                    **summarise(output),
+                    **summarise([unit.output for unit in units]),
                     "timings": timings,
-                    "warnings": volume.warnings,
+                    "warnings": warnings,
                     "fhir": fhir,
                 },
                 default=str,
@@ -217,15 +242,24 @@ def _run(
         )
 
 
-def summarise(output: ModelOutput) -> dict[str, Any]:
-    """The model's typed results as JSON (masks and pixels left out)."""
+def _one_bundle(bundles: list[dict[str, Any]]) -> dict[str, Any]:
+    """The FHIR Bundles of an image-level job's images as one collection."""
+    merged = dict(bundles[0])
+    merged["entry"] = [entry for bundle in bundles for entry in bundle.get("entry", [])]
+    return merged
+
+
+def summarise(outputs: list[ModelOutput]) -> dict[str, Any]:
+    """The model's typed results as JSON (masks and pixels left out); for an image-level
+    job, every image's results together and the highest priority."""
 
     def code(value: Any) -> Any:
         return asdict(value) if value is not None else None
 
+    priorities = [output.priority for output in outputs if output.priority is not None]
     return {
-        "summary": output.summary,
-        "priority": output.priority,
+        "summary": " ".join(output.summary for output in outputs if output.summary),
+        "priority": max(priorities) if priorities else None,
         "findings": [
             {
                 "finding": code(item.finding),
@@ -235,6 +269,7 @@ def summarise(output: ModelOutput) -> dict[str, Any]:
                 "segment": item.segment_number,
                 "description": item.description,
             }
+            for output in outputs
             for item in output.findings
         ],
         "measurements": [
@@ -246,13 +281,15 @@ def summarise(output: ModelOutput) -> dict[str, Any]:
                 "segment": item.segment_number,
                 "description": item.description,
             }
+            for output in outputs
             for item in output.measurements
         ],
         "segments": [
             {"label": item.label, "type": code(item.type), "voxels": int(item.mask.sum())}
+            for output in outputs
             for item in output.segments
         ],
-        "derivedImages": [item.label for item in output.derived_images],
+        "derivedImages": [item.label for output in outputs for item in output.derived_images],
     }
 
 

@@ -115,7 +115,7 @@ def test_stable_ct_study_gets_results_and_failures_end_with_reasons(
     jobs = wait_final(
         ai_archive,
         ct_study,
-        {"test-dense", "test-raiser", "test-sleeper", "test-malformed"},
+        {"test-dense", "test-raiser", "test-sleeper", "test-malformed", "test-remote-down"},
         timeout=90,
     )
     assert "test-queued" not in jobs  # MR-only model: the CT series does not match
@@ -136,6 +136,11 @@ def test_stable_ct_study_gets_results_and_failures_end_with_reasons(
     malformed = jobs["test-malformed"]
     assert malformed["state"] == "failed" and malformed["attempts"] == 1  # never retried
     assert "MalformedOutputError" in malformed["error"] and "shape" in malformed["error"]
+
+    remote = jobs["test-remote-down"]
+    assert remote["state"] == "failed" and remote["attempts"] == 2  # retried once
+    assert "RemoteInferenceError" in remote["error"]
+    assert "http://127.0.0.1:9/v2/models/absent" in remote["error"]
 
 
 def test_results_are_in_the_study_over_dicomweb(ai_archive: ArchiveProcess, ct_study: str) -> None:
@@ -249,3 +254,22 @@ def test_ingest_is_not_blocked_while_models_run(ai_archive: ArchiveProcess, tmp_
     assert time.monotonic() - started < 20
     found = http(ai_archive, "/dicom-web/instances?PatientID=AI002")
     assert len(found) == 12
+
+
+def test_image_level_model_runs_on_each_radiograph(
+    ai_archive: ArchiveProcess, sample_studies: tuple[Path, list[GeneratedStudy]]
+) -> None:
+    _, studies = sample_studies
+    study = next(s for s in studies if s.modality in ("CR", "DX") and len(s.paths) == 2)
+    run_tool("storescu", "-aec", "OPENVNA", *ai_archive.address, *map(str, study.paths))
+    jobs = wait_final(ai_archive, study.study_instance_uid, {"test-xray"}, timeout=60)
+    assert jobs["test-xray"]["state"] == "completed", jobs["test-xray"]
+    assert not {"test-dense", "test-queued"} & set(jobs)  # CT and MR models left it alone
+    (run,) = http(ai_archive, f"/api/ai/jobs/{jobs['test-xray']['jobUID']}")["runs"]
+    images = {
+        str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in study.paths
+    }
+    seen = {finding["description"].split()[0] for finding in run["result"]["findings"]}
+    assert seen == images  # one call per image, each a 2D volume of its own
+    reports = [output for output in run["outputs"] if output["kind"] == "sr"]
+    assert len(reports) == 2 and len({r["sopInstanceUID"] for r in reports}) == 2

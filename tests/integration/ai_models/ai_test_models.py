@@ -61,3 +61,34 @@ def malformed(model_input: ModelInput) -> ModelOutput:
 def slow(model_input: ModelInput) -> ModelOutput:
     time.sleep(float(model_input.parameters.get("seconds", 3.0)))
     return ModelOutput(priority=0.1)
+
+
+PROJECTION = Code("projection-seen", "99OPENVNATEST", "Projection image seen")
+
+
+def projection(model_input: ModelInput) -> ModelOutput:
+    """One finding per image, saying what the model was given."""
+    volume = model_input.volume
+    assert volume.is_2d and volume.shape[0] == 1
+    return ModelOutput(
+        findings=[
+            Finding(
+                PROJECTION,
+                present=True,
+                probability=1.0,
+                description=f"{volume.sources[0].sop_instance_uid} {volume.shape[1:]} "
+                f"spacing {volume.spacing[1]:.3f}",
+            )
+        ],
+        priority=0.3,
+    )
+
+
+class NoTensors:
+    """Adapter of the KServe model whose server is down: never gets to run."""
+
+    def to_tensors(self, model_input: ModelInput) -> dict[str, np.ndarray]:
+        return {"input": np.zeros((1,), np.float32)}
+
+    def from_tensors(self, tensors: dict[str, np.ndarray], model_input: ModelInput) -> ModelOutput:
+        return ModelOutput()
