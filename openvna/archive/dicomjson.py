@@ -136,7 +136,17 @@ def _pydicom_element(dataset: Dataset, tag: int, top: bool) -> dict[str, Any]:
 
 
 def _is_deferred(raw: DataElement | RawDataElement) -> bool:
-    return isinstance(raw, RawDataElement) and raw.value is None and raw.length > BULK_THRESHOLD
+    """A value left unread at header reading that goes out as bulk data.
+
+    pydicom defers every long value, sequences included; a sequence is never bulk data
+    (PS3.18 F.2.2: only binary and long text values may be), so it is read here.
+    """
+    return (
+        isinstance(raw, RawDataElement)
+        and raw.value is None
+        and raw.length > BULK_THRESHOLD
+        and _vr_of(raw) != "SQ"
+    )
 
 
 def _dataset_to_json_pydicom(dataset: Dataset) -> dict[str, Any]:
@@ -580,9 +590,7 @@ def _items_json(dataset: Dataset, top: bool) -> dict[str, Any]:
         key = keys.get(tag) or _key(tag)
         out: dict[str, Any] | None
         if isinstance(elem, RawDataElement):
-            if top and (
-                tag == _PIXEL_DATA or (elem.value is None and elem.length > BULK_THRESHOLD)
-            ):
+            if top and (tag == _PIXEL_DATA or _is_deferred(elem)):
                 result[key] = {"vr": _vr_of(elem), "BulkDataURI": f"bulkdata/{key}"}
                 continue
             out = _raw_json(dataset, tag, elem, context)

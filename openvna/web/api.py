@@ -8,6 +8,7 @@ from the routes so that an endpoint cannot be added without appearing in it.
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 from starlette.routing import BaseRoute, Route
@@ -41,7 +42,9 @@ def openapi_document(routes: list[BaseRoute], prefix: str = "") -> dict[str, Any
             }
             if description:
                 operation["description"] = description
-            paths.setdefault(prefix + route.path, {})[method.lower()] = operation
+            # OpenAPI path templates name parameters only: {pk:int} -> {pk}
+            path = re.sub(r"{(\w+):\w+}", r"{\1}", prefix + route.path)
+            paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {

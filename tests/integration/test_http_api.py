@@ -71,8 +71,28 @@ def test_study_list_filters_and_pages(loaded: ArchiveProcess, sample_studies: Sa
 def test_openapi_describes_every_api_route(loaded: ArchiveProcess):
     document = json.loads(call(loaded, "/api/openapi.json").read())
     assert document["openapi"].startswith("3.")
-    assert set(document["paths"]) == {"/api/system", "/api/health", "/api/studies"}
+    assert set(document["paths"]) == {
+        "/api/system",
+        "/api/health",
+        "/api/studies",
+        "/api/ai/models",
+        "/api/ai/stop",
+        "/api/ai/start",
+        "/api/ai/models/{name}/stop",
+        "/api/ai/models/{name}/start",
+        "/api/ai/jobs",
+        "/api/ai/jobs/{uid}",
+        "/api/ai/jobs/{uid}/cancel",
+        "/api/ai/runs",
+        "/api/ai/runs/{pk}",
+        "/api/ai/runs/{pk}/fhir",
+        "/api/ai/results",
+        "/api/ai/results/{uid}/reject",
+    }
     assert document["paths"]["/api/studies"]["get"]["summary"].startswith("Studies with links")
+    assert set(document["paths"]["/api/ai/jobs"]) == {"get", "post"}
+    operations = [op["operationId"] for path in document["paths"].values() for op in path.values()]
+    assert len(operations) == len(set(operations))  # unique, as OpenAPI requires
 
 
 def test_capabilities_document_lists_the_dicomweb_resources(loaded: ArchiveProcess):

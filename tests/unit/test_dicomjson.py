@@ -68,7 +68,12 @@ def reference_json(dataset: Dataset) -> dict[str, Any]:
         if Tag(tag).group == 0x0002:
             continue
         key = f"{tag:08X}"
-        deferred = isinstance(raw, RawDataElement) and raw.value is None and raw.length > 4096
+        deferred = (
+            isinstance(raw, RawDataElement)
+            and raw.value is None
+            and raw.length > 4096
+            and _reference_vr(raw) != "SQ"  # a sequence is never bulk data (PS3.18 F.2.2)
+        )
         if deferred or tag == 0x7FE00010:
             result[key] = {"vr": _reference_vr(raw), "BulkDataURI": f"bulkdata/{key}"}
             continue
@@ -174,6 +179,38 @@ def test_deferred_values_are_not_read() -> None:
     pixel_data = dataset.get_item(0x7FE00010, keep_deferred=True)
     assert isinstance(pixel_data, RawDataElement) and pixel_data.value is None
     assert all(not key.startswith("0002") for key in result)
+
+
+def test_long_sequences_are_never_bulk_data() -> None:
+    """pydicom defers a long sequence like any long value; DICOM JSON must still carry its
+    items (a SEG's Referenced Series Sequence as a BulkDataURI broke OHIF)."""
+    dataset = Dataset()
+    dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    dataset.SOPInstanceUID = "1.2.3"
+    references = []
+    for number in range(200):
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        item.ReferencedSOPInstanceUID = f"1.2.3.{number}"
+        references.append(item)
+    series = Dataset()
+    series.SeriesInstanceUID = "1.2.3.4"
+    series.ReferencedInstanceSequence = references
+    dataset.ReferencedSeriesSequence = [series]
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    stream = io.BytesIO()
+    dcmwrite(stream, dataset, enforce_file_format=True)
+    stream.seek(0)
+    read = dcmread(stream, defer_size=THRESHOLD)
+    deferred = read.get_item(0x00081115, keep_deferred=True)
+    assert isinstance(deferred, RawDataElement) and deferred.value is None  # the case
+    result = dataset_to_json(read)
+    [series_json] = result["00081115"]["Value"]
+    assert len(series_json["0008114A"]["Value"]) == 200
+    assert series_json["0008114A"]["Value"][199]["00081155"]["Value"] == ["1.2.3.199"]
 
 
 def test_ct_small_values() -> None:

@@ -221,8 +221,10 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         except UpsError:
             await websocket.close(code=1008)
             return
-        await websocket.accept()
+        # The log position is taken before the handshake completes: a client that
+        # subscribes or acts as soon as it is connected must get every later report.
         settled = await run_in_threadpool(service.last_event_pk)
+        await websocket.accept()
         sent: dict[int, float] = {}
         receiver = asyncio.create_task(_drain(websocket))
         try:
