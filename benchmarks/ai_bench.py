@@ -130,7 +130,7 @@ def storescu(port: int, files: list[Path]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300, help="CT slices for the AI job")
-    parser.add_argument("--ingest", type=int, default=200, help="instances per ingest run")
+    parser.add_argument("--ingest", type=int, default=400, help="instances per ingest run")
     parser.add_argument("--jobs", type=int, default=4, help="concurrent AI jobs under load")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="openvna-ai-bench-"))

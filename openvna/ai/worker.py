@@ -343,10 +343,13 @@ def _limit_memory(memory_mb: int) -> None:
 def _warm_imports() -> None:
     """Load what every attempt needs before forking, so each child starts warm."""
     with contextlib.suppress(ImportError):
-        import highdicom  # noqa: F401
-        import numpy  # noqa: F401
-        import pydicom  # noqa: F401
         import scipy.ndimage  # noqa: F401
+
+        from openvna.ai import preprocess, volume  # noqa: F401
+        from openvna.ai.results.fhir import diagnostic_report  # noqa: F401
+        from openvna.ai.results.warmup import warm_up_result_writers
+
+        warm_up_result_writers()
 
 
 def run_worker_process(settings: Settings) -> None:

@@ -381,11 +381,9 @@ def test_sr_segment_groups_reference_the_seg_and_carry_measurements(
     assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
     assert reference.referenced_segment_numbers == [1]
     assert lung.tracking_uid == seg.SegmentSequence[0].TrackingUID
-    # The segment's source images: the slices where the lung mask is not empty.
-    lung_slices = {volume.sources[i].sop_instance_uid for i in range(1, 9)}
-    assert {
-        image.referenced_sop_instance_uid for image in reference.source_images_for_segmentation
-    } == lung_slices
+    # A volume's segment names its source series; the SEG's frames name the images.
+    assert not reference.has_source_images()
+    assert reference.source_series_for_segmentation.value == volume.series_instance_uid
     measured = {
         m.name.value: (m.value, m.unit.value, m.unit.scheme_designator)
         for m in lung.get_measurements()
@@ -420,7 +418,7 @@ def test_sr_reports_unattached_results_against_the_source_series(
     ct_case: tuple[Volume, ModelOutput, list[ResultObject]],
     ct_sr: hd.sr.Comprehensive3DSR,
 ) -> None:
-    volume, _, results = ct_case
+    _, _, results = ct_case
     [raw] = by_kind(results, "sr")
     sr = ct_sr
     groups = {g.tracking_identifier: g for g in report_of(sr).get_image_measurement_groups()}
@@ -434,9 +432,8 @@ def test_sr_reports_unattached_results_against_the_source_series(
     series = groups["Series measurements"]
     measured = {m.name.value: (m.value, m.unit.value) for m in series.get_measurements()}
     assert measured == {"EMPH-INDEX": (7.5, "%"), "TRIAGE-PRIORITY": (0.8, "1")}
-    assert {image.referenced_sop_instance_uid for image in series.source_images} == {
-        s.sop_instance_uid for s in volume.sources
-    }
+    # A volume's instances are named once, in the evidence, not in every group.
+    assert series.source_images == []
     schemes = {item.CodingSchemeDesignator for item in raw.CodingSchemeIdentificationSequence}
     assert "99OPENVNA" in schemes
 
