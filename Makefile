@@ -10,7 +10,7 @@ VIEWER_ROOT  ?= .viewer
 VIEWER_DIST   = $(VIEWER_ROOT)/ohif
 VIEWER_STAMP  = $(VIEWER_ROOT)/.ohif-$(OHIF_VERSION).stamp
 
-.PHONY: run test venv viewer lint unit integration bench bench-dicomweb clean
+.PHONY: run test venv viewer lint unit integration bench bench-dicomweb bench-ai clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -75,6 +75,10 @@ bench: venv
 
 bench-dicomweb: venv
 	$(BIN)/python benchmarks/dicomweb_bench.py $(ARGS)
+
+bench-ai: venv
+	$(BIN)/python benchmarks/volume_bench.py
+	$(BIN)/python benchmarks/ai_bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

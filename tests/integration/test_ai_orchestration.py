@@ -20,10 +20,12 @@ from typing import Any
 
 import pydicom
 import pytest
+import requests
 
 from openvna.sample import GeneratedStudy
 from openvna.sample.generator import generate_ct_series
 from tests.conftest import ArchiveProcess, free_port, run_tool, wait_until
+from tests.integration.test_ups import base, change_state, new_uid, performed_procedure, post_json
 
 pytestmark = pytest.mark.integration
 
@@ -273,3 +275,40 @@ def test_image_level_model_runs_on_each_radiograph(
     assert seen == images  # one call per image, each a 2D volume of its own
     reports = [output for output in run["outputs"] if output["kind"] == "sr"]
     assert len(reports) == 2 and len({r["sopInstanceUID"] for r in reports}) == 2
+
+
+def test_external_engine_pulls_its_job_over_ups(
+    ai_archive: ArchiveProcess, sample_studies: tuple[Path, list[GeneratedStudy]]
+) -> None:
+    """IHE AI Workflow for Imaging: the archive schedules, an outside engine performs."""
+    _, studies = sample_studies
+    study = next(s for s in studies if s.modality == "US")
+    run_tool("storescu", "-aec", "OPENVNA", *ai_archive.address, *map(str, study.paths))
+    uid = study.study_instance_uid
+    wait_until(lambda: "test-external" in by_model(jobs_of(ai_archive, uid)), 30, "the job")
+    job = by_model(jobs_of(ai_archive, uid))["test-external"]
+    assert job["state"] == "scheduled"  # the archive's own worker leaves it alone
+    found = requests.get(
+        f"{base(ai_archive)}/workitems",
+        params={
+            "ScheduledStationNameCodeSequence.CodeValue": "test-external",
+            "ProcedureStepState": "SCHEDULED",
+        },
+        headers={"Accept": "application/dicom+json"},
+        timeout=30,
+    )
+    assert found.status_code == 200, found.text
+    (item,) = [w for w in found.json() if w["00080018"]["Value"][0] == job["jobUID"]]
+    inputs = json.dumps(item["00404021"])  # Input Information Sequence
+    assert uid in inputs and str(pydicom.dcmread(study.paths[0]).SOPInstanceUID) in inputs
+
+    owner = new_uid()
+    assert change_state(ai_archive, job["jobUID"], "IN PROGRESS", owner).status_code == 200
+    running = http(ai_archive, f"/api/ai/jobs/{job['jobUID']}")
+    assert running["state"] == "running" and running["worker"] == f"ups:{owner}"
+    filled = post_json(
+        f"{base(ai_archive)}/workitems/{job['jobUID']}?{owner}", performed_procedure()
+    )
+    assert filled.status_code == 200, filled.text
+    assert change_state(ai_archive, job["jobUID"], "COMPLETED", owner).status_code == 200
+    assert http(ai_archive, f"/api/ai/jobs/{job['jobUID']}")["state"] == "completed"

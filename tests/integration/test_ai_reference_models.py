@@ -21,6 +21,7 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
+from openvna.ai.models.onnx_example.adapter import PULMONARY_NODULE
 from openvna.sample.phantoms import (
     ChestPhantom,
     HeadPhantom,
@@ -218,3 +219,26 @@ def test_remote_kserve_model_result_is_stored_in_the_study(phantoms: Phantoms) -
     assert remote.SeriesDescription == "AI mean-hu-remote 1"
     assert remote.StudyInstanceUID == chest.study_uid
     assert f"{measurement['value']:.1f}"[:4] in json.dumps(remote.to_json_dict())
+
+
+def test_onnx_example_model_runs_on_demand(phantoms: Phantoms) -> None:
+    chest = phantoms.chest
+    completed_jobs(phantoms.archive, chest.study_uid, {"ct-lung"})
+    request = urllib.request.Request(
+        f"{phantoms.archive.http_url}/api/ai/jobs",
+        data=json.dumps({"study": chest.study_uid, "models": ["ct-nodule-example"]}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        (created,) = json.loads(response.read())
+    assert created["trigger"] == "api"  # run_on_arrival = false: never by rule
+    jobs = completed_jobs(phantoms.archive, chest.study_uid, {"ct-nodule-example"})
+    job = api(phantoms.archive, f"/api/ai/jobs/{jobs['ct-nodule-example']['jobUID']}")
+    (run,) = job["runs"]
+    assert run["runtime"] == "onnx" and run["status"] == "completed"
+    assert len(run["artifactSHA256"]) == 64  # the model.onnx file's hash
+    (finding,) = run["result"]["findings"]
+    assert finding["finding"]["value"] == PULMONARY_NODULE.value
+    assert 0.0 <= finding["probability"] <= 1.0
+    assert [output["kind"] for output in run["outputs"]] == ["sr"]
