@@ -51,6 +51,8 @@ def _configure_logging(verbose: bool) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
     )
+    # highdicom narrates every module it copies into a result object at INFO
+    logging.getLogger("highdicom").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 @app.command()
