@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from openvna.ai.jobs import Orchestrator
 from openvna.ai.registry import load_registry
-from openvna.ai.worker import run_worker_process
+from openvna.ai.supervisor import AiSupervisor
 from openvna.archive.events import EventBus, StudyStable
 from openvna.archive.service import Archive, StabilityMonitor, SweepReport
 from openvna.config import Settings
@@ -64,7 +64,7 @@ class RunningArchive:
     dimse_port: int
     http_port: int
     sweep: SweepReport
-    ai_worker: list[int] = field(default_factory=list)
+    ai_worker: AiSupervisor | None = None
     stopped: bool = field(default=False)
 
     def stop(self) -> None:
@@ -73,7 +73,8 @@ class RunningArchive:
         self.stopped = True
         self.http.stop()
         stop_workers(self.dimse_workers)
-        stop_workers(self.ai_worker)
+        if self.ai_worker is not None:
+            self.ai_worker.stop()
         self.dimse.stop()
         for shared in (self.dimse_socket, self.http_socket):
             if shared is not None:
@@ -124,7 +125,6 @@ def start_archive(settings: Settings) -> RunningArchive:
                 settings, shared_socket, http_socket, balancer, slot, processes
             ),
         )
-    ai_worker = _fork_ai_worker(settings, archive) if settings.ai.enabled else []
     dimse = _dimse_server(settings, archive, shared_socket, balancer, processes)
     dimse_port = dimse.start()
     http = _http_server(settings, archive, dimse_port, http_socket)
@@ -132,10 +132,12 @@ def start_archive(settings: Settings) -> RunningArchive:
         http_port = http.start()
     except Exception:
         stop_workers(workers)
-        stop_workers(ai_worker)
         dimse.stop()
         raise
+    ai_worker: AiSupervisor | None = None
     if settings.ai.enabled:
+        ai_worker = AiSupervisor(settings)
+        ai_worker.start()
         orchestrator = Orchestrator(settings, archive.engine, load_registry(settings))
         archive.bus.subscribe(StudyStable, orchestrator.on_study_stable)
     monitor = StabilityMonitor(archive)
@@ -156,11 +158,6 @@ def start_archive(settings: Settings) -> RunningArchive:
         ai_worker,
     )
 
-
-def _fork_ai_worker(settings: Settings, archive: Archive) -> list[int]:
-    """The AI worker process (openvna/ai/worker.py), forked while single-threaded."""
-    archive.engine.dispose()  # no database connection may cross the fork
-    return fork_workers(1, lambda _slot: run_worker_process(settings))
 
 
 def _dimse_server(

@@ -13,10 +13,12 @@ within one poll interval.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.uid import generate_uid
 from sqlalchemy import Engine
@@ -29,7 +31,14 @@ from openvna.ai.workitems import report_workitem
 from openvna.archive.events import StudyStable
 from openvna.config import Settings
 from openvna.errors import NotFoundError
-from openvna.index.ai_repository import GLOBAL_SWITCH, AiRepository, JobRow, ModelState
+from openvna.index.ai_repository import (
+    GLOBAL_SWITCH,
+    WORKER_STATE,
+    AiRepository,
+    JobRow,
+    ModelState,
+)
+from openvna.index.repository import IndexRepository
 from openvna.ups.service import WorkitemService
 
 logger = logging.getLogger(__name__)
@@ -205,6 +214,16 @@ class Orchestrator:
                 )
             )
         return result
+
+    def worker_status(self) -> dict[str, Any] | None:
+        """The AI worker's last heartbeat (None: no worker ever ran on this index), with
+        ``alive``: whether it beat within the last five seconds."""
+        text = IndexRepository(self.engine).get_state(WORKER_STATE)
+        if text is None:
+            return None
+        status: dict[str, Any] = json.loads(text)
+        status["alive"] = time.time() - float(status.get("heartbeatAt", 0)) < 5.0
+        return status
 
     def global_enabled(self) -> bool:
         return _switch_on(self.repository.model_states(), GLOBAL_SWITCH)

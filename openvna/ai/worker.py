@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import logging
 import os
 import resource
@@ -35,13 +36,22 @@ from openvna.ai.registry import ModelRegistry, load_registry
 from openvna.ai.task import execute_job, missing_model, record_failure
 from openvna.ai.workitems import report_workitem
 from openvna.config import Settings
-from openvna.index.ai_repository import GLOBAL_SWITCH, AiRepository, JobRow, ModelState
+from openvna.dimse.workers import die_with_parent
+from openvna.index.ai_repository import (
+    GLOBAL_SWITCH,
+    WORKER_STATE,
+    AiRepository,
+    JobRow,
+    ModelState,
+)
 from openvna.index.database import create_index_engine
+from openvna.index.repository import IndexRepository
 from openvna.ups.service import WorkitemService
 
 logger = logging.getLogger(__name__)
 
 _PURGE_EVERY = 3600.0
+_HEARTBEAT_EVERY = 1.0
 
 
 def gpu_count() -> int:
@@ -76,6 +86,25 @@ class AiWorker:
         self.gpu_available = gpus > 0
         self.children: dict[int, _Child] = {}
         self._last_purge = 0.0
+        self._last_heartbeat = 0.0
+        self._started = time.time()
+
+    def heartbeat(self, now: float) -> None:
+        """Say in the index that this worker lives and what it runs: every HTTP process
+        (and every node) answers ``GET /api/ai/models`` from it."""
+        IndexRepository(self.engine).set_state(
+            WORKER_STATE,
+            json.dumps(
+                {
+                    "name": self.name,
+                    "pid": os.getpid(),
+                    "startedAt": self._started,
+                    "heartbeatAt": now,
+                    "running": [child.job.job_uid for child in self.children.values()],
+                    "gpuSlots": self.gpu_slots,
+                }
+            ),
+        )
 
     # -- the loop ----------------------------------------------------------------------------
     def serve(self, should_stop: Callable[[], bool]) -> None:
@@ -105,6 +134,9 @@ class AiWorker:
         self.enforce()
         self.claim()
         now = time.time()
+        if now - self._last_heartbeat >= _HEARTBEAT_EVERY:
+            self._last_heartbeat = now
+            self.heartbeat(now)
         if now - self._last_purge > _PURGE_EVERY:
             self._last_purge = now
             removed = self.repository.purge_before(now - self.settings.ai.retention_days * 86400.0)
@@ -264,6 +296,7 @@ class AiWorker:
         if pid == 0:
             code = 0
             try:
+                die_with_parent()  # a killed worker leaves no attempt running unseen
                 self.engine.dispose(close=False)  # the parent's connections stay the parent's
                 _limit_memory(manifest.resources.memory_mb)
                 if not on_gpu:
@@ -353,7 +386,11 @@ def _warm_imports() -> None:
 
 
 def run_worker_process(settings: Settings) -> None:
-    """Body of the forked AI worker process (until SIGTERM)."""
+    """Body of the AI worker process (until SIGTERM); dies with the archive's process."""
+    die_with_parent()
+    if not logging.getLogger().handlers:  # a spawned interpreter: log like the server
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s AI %(message)s")
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     stopping = {"now": False}
 
     def stop(*_: object) -> None:

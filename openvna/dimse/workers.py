@@ -84,7 +84,7 @@ def fork_workers(count: int, run_worker: Callable[[int], None]) -> list[int]:
         if pid == 0:  # child
             code = 0
             try:
-                _die_with_parent()
+                die_with_parent()
                 run_worker(slot)
             except BaseException:
                 logger.exception("worker process %d failed", slot)
@@ -122,7 +122,8 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux)."""
     parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)

@@ -27,6 +27,8 @@ from openvna.index.schema import (
 )
 
 GLOBAL_SWITCH = "*"
+WORKER_STATE = "ai_worker"
+"""archive_state row holding the AI worker's heartbeat (JSON)."""
 ACTIVE_STATES = ("scheduled", "running")
 FINAL_STATES = ("completed", "failed", "cancelled")
 

@@ -54,9 +54,11 @@ def routes(archive: Archive) -> list[BaseRoute]:
         """Installed models with their manifests and stop-switch state."""
         statuses = await call(lambda: orchestrator().status())
         enabled = await call(lambda: orchestrator().global_enabled())
+        worker = await call(lambda: orchestrator().worker_status())
         return JSONResponse(
             {
                 "aiEnabled": enabled and archive.settings.ai.enabled,
+                "worker": worker,
                 "problems": orchestrator().registry.problems,
                 "models": [
                     {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -312,3 +313,41 @@ def test_external_engine_pulls_its_job_over_ups(
     assert filled.status_code == 200, filled.text
     assert change_state(ai_archive, job["jobUID"], "COMPLETED", owner).status_code == 200
     assert http(ai_archive, f"/api/ai/jobs/{job['jobUID']}")["state"] == "completed"
+
+
+def test_a_killed_ai_worker_is_replaced_and_its_attempt_retried(
+    ai_archive: ArchiveProcess, sample_studies: tuple[Path, list[GeneratedStudy]]
+) -> None:
+    http(ai_archive, "/api/ai/models/test-queued/start", {"by": "test"})
+    wait_until(lambda: (http(ai_archive, "/api/ai/models")["worker"] or {}).get("alive"), 30,
+               "an AI worker heartbeat")  # fmt: skip
+    worker = http(ai_archive, "/api/ai/models")["worker"]
+    _, studies = sample_studies
+    mr = next(study for study in studies if study.modality == "MR")
+    run_tool("storescu", "-aec", "OPENVNA", *ai_archive.address, *map(str, mr.paths))
+    series = str(pydicom.dcmread(mr.paths[0], stop_before_pixels=True).SeriesInstanceUID)
+    (job,) = http(
+        ai_archive,
+        "/api/ai/jobs",
+        {"study": mr.study_instance_uid, "series": series, "models": ["test-queued"]},
+    )
+    uid = job["jobUID"]
+    wait_until(lambda: http(ai_archive, f"/api/ai/jobs/{uid}")["state"] == "running", 60,
+               "the job to run")  # fmt: skip
+    os.kill(worker["pid"], signal.SIGKILL)  # as the OOM killer would
+
+    def replaced() -> bool:
+        now = http(ai_archive, "/api/ai/models")["worker"]
+        return bool(now and now["alive"] and now["pid"] != worker["pid"])
+
+    wait_until(replaced, 60, "a new AI worker")
+    wait_until(lambda: http(ai_archive, f"/api/ai/jobs/{uid}")["attempts"] == 2, 60,
+               "the attempt to be retried")  # fmt: skip
+    retried = http(ai_archive, f"/api/ai/jobs/{uid}")
+    assert retried["state"] in ("scheduled", "running")
+    first_run = retried["runs"][-1]  # runs are newest first
+    assert first_run["status"] == "failed"
+    assert "the AI worker stopped during the attempt" in first_run["error"]
+    http(ai_archive, f"/api/ai/jobs/{uid}/cancel", {"by": "test"})
+    wait_until(lambda: http(ai_archive, f"/api/ai/jobs/{uid}")["state"] == "cancelled", 10,
+               "the retried attempt to be cancelled")  # fmt: skip
