@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 from multiprocessing.process import BaseProcess
 
@@ -60,7 +61,7 @@ class AiSupervisor:
     def _spawn(self) -> None:
         process = self._context.Process(
             target=run_worker_process,
-            args=(self._settings,),
+            args=(self._settings, os.getpid()),
             name="openvna-ai-worker",
             daemon=True,
         )

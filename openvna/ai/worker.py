@@ -292,11 +292,12 @@ class AiWorker:
         record_failure(self.engine, job, None, message, transient=False)
 
     def _fork(self, job: JobRow, manifest: ModelManifest, on_gpu: bool) -> None:
+        worker_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
-                die_with_parent()  # a killed worker leaves no attempt running unseen
+                die_with_parent(worker_pid)  # a killed worker leaves no attempt running
                 self.engine.dispose(close=False)  # the parent's connections stay the parent's
                 _limit_memory(manifest.resources.memory_mb)
                 if not on_gpu:
@@ -385,9 +386,10 @@ def _warm_imports() -> None:
         warm_up_result_writers()
 
 
-def run_worker_process(settings: Settings) -> None:
-    """Body of the AI worker process (until SIGTERM); dies with the archive's process."""
-    die_with_parent()
+def run_worker_process(settings: Settings, archive_pid: int | None = None) -> None:
+    """Body of the AI worker process (until SIGTERM); dies with the archive's process
+    (``archive_pid``, the process that started it)."""
+    die_with_parent(archive_pid)
     if not logging.getLogger().handlers:  # a spawned interpreter: log like the server
         logging.basicConfig(level=logging.INFO, format="%(asctime)s AI %(message)s")
     logging.getLogger("highdicom").setLevel(logging.WARNING)

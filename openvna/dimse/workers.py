@@ -79,12 +79,13 @@ def fork_workers(count: int, run_worker: Callable[[int], None]) -> list[int]:
     if threading.active_count() != 1:
         raise RuntimeError("worker processes must be forked before any thread starts")
     pids = []
+    parent = os.getpid()
     for slot in range(1, count + 1):
         pid = os.fork()
         if pid == 0:  # child
             code = 0
             try:
-                die_with_parent()
+                die_with_parent(parent)
                 run_worker(slot)
             except BaseException:
                 logger.exception("worker process %d failed", slot)
@@ -122,9 +123,13 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux)."""
-    parent = os.getppid()
+def die_with_parent(parent: int | None = None) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux).
+
+    ``parent``: the pid the parent had before the fork. Without it the parent is read
+    now, which misses a parent that died between the fork and this call.
+    """
+    parent = os.getppid() if parent is None else parent
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

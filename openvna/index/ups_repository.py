@@ -230,6 +230,25 @@ def insert_event(
     )
 
 
+_EVENT_COLUMNS = (
+    ups_events.c.pk,
+    ups_events.c.workitem_uid,
+    ups_events.c.event_type_id,
+    ups_events.c.event_json,
+    ups_events.c.created_at,
+)
+
+
+def _event_row(row: Any) -> EventRow:
+    return EventRow(
+        int(row.pk),
+        row.workitem_uid,
+        int(row.event_type_id),
+        json.loads(row.event_json),
+        float(row.created_at),
+    )
+
+
 def last_event_pk(connection: Connection) -> int:
     return int(connection.execute(select(func.coalesce(func.max(ups_events.c.pk), 0))).scalar_one())
 
@@ -246,13 +265,7 @@ def events_for(
         ups_subscriptions.c.created_at <= ups_events.c.created_at,
     )
     rows = connection.execute(
-        select(
-            ups_events.c.pk,
-            ups_events.c.workitem_uid,
-            ups_events.c.event_type_id,
-            ups_events.c.event_json,
-            ups_events.c.created_at,
-        )
+        select(*_EVENT_COLUMNS)
         .where(
             ups_events.c.pk > after_pk,
             subscribed,
@@ -262,41 +275,17 @@ def events_for(
         .order_by(ups_events.c.pk)
         .limit(limit)
     ).all()
-    return [
-        EventRow(
-            int(r.pk),
-            r.workitem_uid,
-            int(r.event_type_id),
-            json.loads(r.event_json),
-            float(r.created_at),
-        )
-        for r in rows
-    ]
+    return [_event_row(r) for r in rows]
 
 
 def events_of(connection: Connection, workitem_uid: str) -> list[EventRow]:
     """The event log of one workitem, oldest first."""
     rows = connection.execute(
-        select(
-            ups_events.c.pk,
-            ups_events.c.workitem_uid,
-            ups_events.c.event_type_id,
-            ups_events.c.event_json,
-            ups_events.c.created_at,
-        )
+        select(*_EVENT_COLUMNS)
         .where(ups_events.c.workitem_uid == workitem_uid)
         .order_by(ups_events.c.pk)
     ).all()
-    return [
-        EventRow(
-            int(r.pk),
-            r.workitem_uid,
-            int(r.event_type_id),
-            json.loads(r.event_json),
-            float(r.created_at),
-        )
-        for r in rows
-    ]
+    return [_event_row(r) for r in rows]
 
 
 # -- subscriptions ------------------------------------------------------------------------

@@ -332,8 +332,12 @@ def test_a_killed_ai_worker_is_replaced_and_its_attempt_retried(
         {"study": mr.study_instance_uid, "series": series, "models": ["test-queued"]},
     )
     uid = job["jobUID"]
-    wait_until(lambda: http(ai_archive, f"/api/ai/jobs/{uid}")["state"] == "running", 60,
-               "the job to run")  # fmt: skip
+    wait_until(
+        lambda: [run["status"] for run in http(ai_archive, f"/api/ai/jobs/{uid}")["runs"]]
+        == ["running"],
+        60,
+        "the attempt to start",
+    )
     os.kill(worker["pid"], signal.SIGKILL)  # as the OOM killer would
 
     def replaced() -> bool:

@@ -241,20 +241,29 @@ def viewer_page(
     browser: Browser, viewer_archive: ArchiveProcess, request: pytest.FixtureRequest
 ) -> Iterator[ViewerPage]:
     """A fresh browser context on the archive; its traffic is saved whatever the outcome."""
+    yield from traced_page(browser, viewer_archive, request.node.name)
+
+
+def traced_page(
+    browser: Browser, archive: ArchiveProcess, test_name: str, *init_scripts: str
+) -> Iterator[ViewerPage]:
+    """A page in a new context whose console, errors and requests are recorded; on exit
+    (whatever the outcome) its last screenshot and traffic go to the artefacts."""
     VIEWER_ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport=SCREEN, device_scale_factor=1)
-    context.add_init_script(FIRST_VISIT_OVERLAYS)
+    for script in (FIRST_VISIT_OVERLAYS, *init_scripts):
+        context.add_init_script(script)
     page = context.new_page()
-    traffic = Traffic(viewer_archive.http_url)
+    traffic = Traffic(archive.http_url)
     page.on("console", traffic.on_console)
     page.on("pageerror", traffic.on_page_error)
     page.on("request", traffic.on_request)
     page.on("response", traffic.on_response)
     page.on("requestfailed", traffic.on_request_failed)
     try:
-        yield ViewerPage(page, traffic, viewer_archive)
+        yield ViewerPage(page, traffic, archive)
     finally:
-        name = re.sub(r"[^\w.-]+", "_", request.node.name)
+        name = re.sub(r"[^\w.-]+", "_", test_name)
         try:
             page.screenshot(path=VIEWER_ARTIFACTS / f"{name}.last.png")
         finally:

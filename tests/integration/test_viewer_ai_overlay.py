@@ -46,14 +46,12 @@ from tests.conftest import ArchiveProcess, free_port, run_tool, wait_until
 from tests.integration.test_viewer import (
     CHROMIUM,
     CHROMIUM_ARGS,
-    FIRST_VISIT_OVERLAYS,
     RENDER_TIMEOUT,
-    SCREEN,
     VIEWER_ARTIFACTS,
     VIEWER_DIST,
-    Traffic,
     ViewerPage,
     require,
+    traced_page,
     viewport_canvas,
     wait_for_image,
 )
@@ -208,26 +206,7 @@ def overlay_page(
     browser: Browser, ai_viewer_archive: ArchiveProcess, request: pytest.FixtureRequest
 ) -> Iterator[ViewerPage]:
     """A fresh browser context that reports refused display sets; traffic always saved."""
-    VIEWER_ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport=SCREEN, device_scale_factor=1)
-    context.add_init_script(FIRST_VISIT_OVERLAYS)
-    context.add_init_script(DISPLAY_SET_ERRORS)
-    page = context.new_page()
-    traffic = Traffic(ai_viewer_archive.http_url)
-    page.on("console", traffic.on_console)
-    page.on("pageerror", traffic.on_page_error)
-    page.on("request", traffic.on_request)
-    page.on("response", traffic.on_response)
-    page.on("requestfailed", traffic.on_request_failed)
-    name = re.sub(r"[^\w.-]+", "_", request.node.name)
-    try:
-        yield ViewerPage(page, traffic, ai_viewer_archive)
-    finally:
-        try:
-            page.screenshot(path=VIEWER_ARTIFACTS / f"{name}.last.png")
-        finally:
-            traffic.save(name)
-            context.close()
+    yield from traced_page(browser, ai_viewer_archive, request.node.name, DISPLAY_SET_ERRORS)
 
 
 # --------------------------------------------------------------------------- helpers
