@@ -154,6 +154,11 @@ class AiSettings(BaseModel):
         description="run AI jobs under Linux SCHED_IDLE: they get the CPU only when "
         "ingest and retrieval do not want it",
     )
+    cpus: list[int] | None = Field(
+        default=None,
+        description="CPUs the AI worker and its jobs may use (Linux affinity); default: "
+        "every CPU but the first, which stays free for ingest and retrieval",
+    )
     retry_backoff: float = Field(
         default=5.0, ge=0, description="seconds before the first retry; doubles per attempt"
     )
