@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sqlalchemy import Engine
+
 from openvna.ai.errors import AiError, ManifestError
 from openvna.ai.inputs import Volume
 from openvna.ai.manifest import InputLevel, ModelManifest
@@ -31,7 +33,6 @@ from openvna.ai.outputs import ModelOutput, validate_output
 from openvna.ai.workitems import report_workitem
 from openvna.archive.ingest import Origin
 from openvna.archive.service import Archive
-from openvna.config import Settings
 from openvna.errors import DuplicateInstanceError
 from openvna.index.ai_repository import AiRepository, JobRow
 
@@ -77,12 +78,17 @@ def execute_job(
         _run(archive, repository, job, manifest, run_pk, gpu_available=gpu_available)
     except AiError as error:
         record_failure(
-            archive, job, run_pk, f"{type(error).__name__}: {error}", transient=error.transient
+            archive.engine,
+            job,
+            run_pk,
+            f"{type(error).__name__}: {error}",
+            transient=error.transient,
+            retry_backoff=archive.settings.ai.retry_backoff,
         )
     except Exception as error:  # a defect in OpenVNA's own code: report, do not retry
         logger.exception("AI job %s failed unexpectedly", job.job_uid)
         record_failure(
-            archive,
+            archive.engine,
             job,
             run_pk,
             f"internal error: {type(error).__name__}: {error}",
@@ -299,13 +305,13 @@ def _progress(archive: Archive, job: JobRow, percent: int) -> None:
 
 
 def record_failure(
-    archive_or_engine: Archive | Any,
+    engine: Engine,
     job: JobRow,
     run_pk: int | None,
     message: str,
     *,
     transient: bool,
-    retry_backoff: float | None = None,
+    retry_backoff: float = 0.0,
     final_status: str = "failed",
 ) -> str:
     """End an attempt that did not complete; returns the job's new state.
@@ -314,18 +320,8 @@ def record_failure(
     exponential backoff (its UPS workitem stays IN PROGRESS: the archive still performs
     it); otherwise the job ends ``failed`` (or ``final_status``) and its workitem is
     CANCELED with the reason. A job cancelled meanwhile stays cancelled.
+    ``retry_backoff`` (``ai.retry_backoff``) is the wait before the first retry.
     """
-    engine = (
-        archive_or_engine.engine if isinstance(archive_or_engine, Archive) else (archive_or_engine)
-    )
-    settings: Settings | None = (
-        archive_or_engine.settings if isinstance(archive_or_engine, Archive) else None
-    )
-    backoff = (
-        retry_backoff
-        if retry_backoff is not None
-        else (settings.ai.retry_backoff if settings is not None else 5.0)
-    )
     repository = AiRepository(engine)
     now = time.time()
     reason = message
@@ -343,7 +339,7 @@ def record_failure(
             reason = job_after.error if job_after is not None and job_after.error else message
         elif transient and job.attempts < job.max_attempts and final_status == "failed":
             state = "scheduled"
-            delay = backoff * (2 ** max(job.attempts - 1, 0))
+            delay = retry_backoff * (2 ** max(job.attempts - 1, 0))
             repository.set_job(
                 connection,
                 job.pk,

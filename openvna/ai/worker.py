@@ -20,7 +20,6 @@ stays small; children are forked from it warm (numpy, pydicom, highdicom loaded)
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from openvna.ai.manifest import Device, ModelManifest, RuntimeKind
 from openvna.ai.registry import ModelRegistry, load_registry
@@ -54,9 +54,10 @@ _PURGE_EVERY = 3600.0
 _HEARTBEAT_EVERY = 1.0
 
 
-def gpu_count() -> int:
-    """NVIDIA devices visible to this process (``/dev/nvidiaN``)."""
-    return len([path for path in glob.glob("/dev/nvidia[0-9]*") if path[11:].isdigit()])
+def gpu_count(devices: Path = Path("/dev")) -> int:
+    """NVIDIA GPUs present: the ``nvidiaN`` device nodes (not ``nvidiactl``,
+    ``nvidia-uvm`` and the like, which every driver install has)."""
+    return sum(1 for node in devices.glob("nvidia*") if node.name.removeprefix("nvidia").isdigit())
 
 
 @dataclass

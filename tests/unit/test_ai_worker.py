@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,8 @@ def test_configured_cpus_are_kept_within_what_exists() -> None:
     assert ai_cpus([10_000]) == available  # none of them exists: no restriction
 
 
-def test_gpu_count_reads_device_nodes() -> None:
-    expected = len([n for n in os.listdir("/dev") if n.startswith("nvidia") and n[6:].isdigit()])
-    assert gpu_count() == expected
+def test_gpu_count_counts_gpu_nodes_only(tmp_path: Path) -> None:
+    for name in ("nvidia0", "nvidia1", "nvidia12", "nvidiactl", "nvidia-uvm", "nvidia-modeset"):
+        (tmp_path / name).touch()
+    assert gpu_count(tmp_path) == 3
+    assert gpu_count(tmp_path / "empty") == 0  # no such folder: no GPU
