@@ -159,7 +159,6 @@ def start_archive(settings: Settings) -> RunningArchive:
     )
 
 
-
 def _dimse_server(
     settings: Settings,
     archive: Archive,

@@ -167,6 +167,195 @@ class AiSettings(BaseModel):
     )
 
 
+class Role(StrEnum):
+    """Who a principal is in the department; each maps to a set of permissions
+    (openvna/security/permissions.py)."""
+
+    ADMIN = "admin"
+    RADIOLOGIST = "radiologist"
+    TECHNOLOGIST = "technologist"
+    REFERRING_PHYSICIAN = "referring_physician"
+    RESEARCHER = "researcher"
+    AI_SERVICE = "ai_service"
+    AUDITOR = "auditor"
+
+
+class TlsSettings(BaseModel):
+    """Certificates for HTTPS and DICOM TLS (BCP 195: TLS 1.2 and newer only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    certificate: Path | None = Field(
+        default=None, description="PEM certificate chain of this server"
+    )
+    private_key: Path | None = Field(default=None, description="PEM private key of this server")
+    ca_certificates: Path | None = Field(
+        default=None,
+        description="PEM CA bundle that client certificates must chain to (DICOM TLS "
+        "and HTTPS client authentication)",
+    )
+    require_client_certificate: bool = Field(
+        default=False, description="DICOM TLS peers must present a certificate from the CA"
+    )
+    dimse_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="port of the DICOM TLS listener (2762 is IANA's dicom-tls); "
+        "None: no DICOM TLS listener",
+    )
+
+    @property
+    def configured(self) -> bool:
+        return self.certificate is not None and self.private_key is not None
+
+
+class OidcSettings(BaseModel):
+    """An external OAuth2/OpenID Connect identity provider whose bearer JWTs are accepted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str | None = Field(default=None, description="expected 'iss'; enables OIDC")
+    audience: str | None = Field(default=None, description="expected 'aud'")
+    jwks_url: str | None = Field(
+        default=None,
+        description="JSON Web Key Set URL; default: jwks_uri from the issuer's "
+        "/.well-known/openid-configuration",
+    )
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384"],
+        description="accepted signature algorithms (asymmetric only: 'none' and HMAC "
+        "are always refused)",
+    )
+    username_claim: str = "preferred_username"
+    roles_claim: str = Field(
+        default="roles",
+        description="claim holding role names (dotted path, e.g. realm_access.roles)",
+    )
+    client_id: str | None = Field(
+        default=None, description="public client id the bundled viewer uses to log in"
+    )
+    leeway_seconds: int = Field(default=30, ge=0, le=300)
+
+
+class AeAccess(BaseModel):
+    """A DICOM application entity allowed to associate, and what it may do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: str
+    roles: list[Role] = Field(default_factory=lambda: [Role.TECHNOLOGIST])
+    hosts: list[str] = Field(
+        default_factory=list, description="addresses it must connect from (empty: any)"
+    )
+    certificate_subject: str | None = Field(
+        default=None, description="TLS client certificate subject CN it must present"
+    )
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        return valid_ae_title(value)
+
+
+class AccessRule(BaseModel):
+    """Study-level restriction for a role: its members see only matching studies
+    (plus explicit grants and break-the-glass). A role without a rule sees every study
+    its permissions allow, unless it is listed in ``grants_only_roles``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    institutions: list[str] = Field(default_factory=list)
+    issuers_of_patient_id: list[str] = Field(default_factory=list)
+
+
+class AuditSettings(BaseModel):
+    """The audit trail (DICOM PS3.15 A.5 messages in a local hash chain)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    source_id: str = Field(default="OPENVNA", description="AuditSourceIdentification code")
+    enterprise_site_id: str = ""
+    syslog_host: str | None = Field(
+        default=None, description="audit record repository (RFC 5424 over RFC 5425 TLS)"
+    )
+    syslog_port: int = Field(default=6514, ge=1, le=65535)
+    syslog_tls: bool = True
+    syslog_ca: Path | None = Field(default=None, description="CA that signed the repository")
+    flush_interval: float = Field(default=0.2, gt=0, le=10, description="seconds")
+
+
+class EncryptionSettings(BaseModel):
+    """Envelope encryption of stored instances (AES-256-GCM)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    keyring_file: Path | None = Field(
+        default=None,
+        description="master keys (JSON keyring written by 'openvna keys'); "
+        "default: <data_dir>/keys/keyring.json",
+    )
+    master_key: str | None = Field(
+        default=None,
+        description="base64 256-bit master key from the environment "
+        "(OPENVNA_SECURITY__ENCRYPTION__MASTER_KEY) instead of a keyring file",
+    )
+
+
+class LimitSettings(BaseModel):
+    """Hard limits where input enters (beyond dimse.max_pdu, ingest.max_dataset_bytes and
+    http.max_request_bytes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int = Field(
+        default=6000, ge=1, description="HTTP requests per client address per minute (429)"
+    )
+    associations_per_host: int = Field(
+        default=16, ge=1, description="DICOM associations open at once from one address"
+    )
+    multipart_max_parts: int = Field(default=100000, ge=1)
+    json_body_bytes: int = Field(
+        default=16 * 1024**2, ge=1024, description="largest JSON request body (413)"
+    )
+    login_attempts_per_minute: int = Field(default=10, ge=1)
+
+
+class SecuritySettings(BaseModel):
+    """Authentication, authorisation, audit, TLS, encryption at rest and limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    require_auth: bool = Field(
+        default=False,
+        description="every HTTP request and DICOM association must authenticate; "
+        "mandatory (with TLS) when listening beyond loopback",
+    )
+    session_idle_minutes: int = Field(
+        default=15, ge=1, description="automatic logoff after this much inactivity"
+    )
+    session_max_hours: int = Field(default=12, ge=1)
+    mfa_required_roles: list[Role] = Field(default_factory=lambda: [Role.ADMIN])
+    grants_only_roles: list[Role] = Field(
+        default_factory=lambda: [Role.REFERRING_PHYSICIAN, Role.RESEARCHER],
+        description="roles that see only studies explicitly granted to them",
+    )
+    access_rules: list[AccessRule] = Field(default_factory=list)
+    break_glass_hours: float = Field(default=4.0, gt=0, le=72)
+    dicom_aes: list[AeAccess] = Field(
+        default_factory=list,
+        description="calling AE titles allowed when require_auth is on, with their roles",
+    )
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+
+
 class Settings(BaseSettings):
     """Everything OpenVNA needs to know to start."""
 
@@ -188,6 +377,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     ai: AiSettings = Field(default_factory=AiSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
 
     @classmethod
     def settings_customise_sources(

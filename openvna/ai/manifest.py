@@ -112,9 +112,7 @@ class Preprocessing(BaseModel):
     resample_mm: tuple[float, float, float] | None = Field(
         default=None, description="resample to this (slice, row, column) spacing in mm"
     )
-    window: Window | None = Field(
-        default=None, description="clip to the window and scale to 0..1"
-    )
+    window: Window | None = Field(default=None, description="clip to the window and scale to 0..1")
     resize: tuple[int, int] | None = Field(
         default=None, description="resize each slice to (rows, columns)"
     )
@@ -234,9 +232,7 @@ class ModelManifest(BaseModel):
     @classmethod
     def _valid_name(cls, value: str) -> str:
         if not _NAME.fullmatch(value):
-            raise ValueError(
-                "a model name is 1 to 64 lower-case letters, digits, '.', '_' or '-'"
-            )
+            raise ValueError("a model name is 1 to 64 lower-case letters, digits, '.', '_' or '-'")
         return value
 
     def artifact_path(self) -> Path | None:

@@ -120,9 +120,7 @@ def validate_output(
     """Return ``output`` when it is a valid result for this manifest and input, else raise
     :class:`MalformedOutputError` naming the first problem."""
     if not isinstance(output, ModelOutput):
-        raise MalformedOutputError(
-            f"the model returned {type(output).__name__}, not a ModelOutput"
-        )
+        raise MalformedOutputError(f"the model returned {type(output).__name__}, not a ModelOutput")
     declared = {
         "findings": (bool(output.findings), kinds.findings),
         "measurements": (bool(output.measurements), kinds.measurements),

@@ -19,6 +19,7 @@ from openvna.archive.query import Query
 from openvna.config import Settings
 from openvna.index.repository import IndexRepository
 from openvna.index.search import IndexSearch, RetrievableInstance, find_retrievable
+from openvna.security.context import build_security
 from openvna.storage.base import Storage
 
 logger = logging.getLogger(__name__)
@@ -59,9 +60,12 @@ class Archive:
         self.ingestor = Ingestor(storage, self.repository, bus, settings.ingest)
         self.pixels = PixelStore(engine, storage)
         """Frame reads with their fragment-table cache, shared by every pixel endpoint."""
+        self.security = build_security(settings, engine)
+        """Authentication, authorisation and audit for every adapter of this process."""
 
     def close(self) -> None:
         """Release the index connections and this process's claim on storage."""
+        self.security.close()
         self.engine.dispose()
         self.storage.close()
 

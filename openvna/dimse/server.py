@@ -27,6 +27,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from openvna.archive.service import Archive
 from openvna.config import Settings
+from openvna.dimse import audit as dimse_audit
 from openvna.dimse import handlers
 from openvna.dimse.handlers import VERIFICATION
 from openvna.dimse.identifier import (
@@ -286,6 +287,7 @@ class DimseServer:
             (evt.EVT_C_FIND, handlers.handle_find, [self.archive, ae_title]),
             (evt.EVT_C_GET, handlers.handle_get, [self.archive]),
             (evt.EVT_C_MOVE, handlers.handle_move, [self.archive, self.peers]),
+            *dimse_audit.association_handlers(self.archive),
         ]
         server_class = type(
             "OpenVNAAssociationServer",

@@ -288,3 +288,91 @@ ups_events = Table(
     Column("created_at", Float, nullable=False),
 )
 Index("ix_ups_events_created_at", ups_events.c.created_at)
+
+# -- Security (openvna/security) ---------------------------------------------------------
+
+users = Table(
+    "users",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("username", String(128), nullable=False, unique=True),
+    Column("display_name", String(255), nullable=False, default=""),
+    Column("password_hash", Text, nullable=False),  # argon2id, PHC string
+    Column("roles", String(255), nullable=False),  # comma-separated Role values
+    Column("totp_secret", String(64), nullable=True),  # base32; NULL: not enrolled
+    Column("totp_confirmed", Boolean, nullable=False, default=False),
+    Column("totp_last_step", BigInteger, nullable=True),  # replay protection (RFC 6238 5.2)
+    Column("institutions", Text, nullable=False, default=""),  # study-level restriction
+    Column("issuers_of_patient_id", Text, nullable=False, default=""),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("key_id", String(32), nullable=False, unique=True),  # public part of the token
+    Column("secret_hash", String(128), nullable=False),  # SHA-256 of the secret part
+    Column("name", String(128), nullable=False),
+    Column("roles", String(255), nullable=False),
+    Column("scopes", Text, nullable=False, default=""),  # permissions it is limited to
+    Column("owner", String(128), nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+    Column("last_used_at", Float, nullable=True),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("token_hash", String(128), nullable=False, unique=True),
+    Column("user_pk", Integer, ForeignKey("users.pk", ondelete="CASCADE"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("address", String(64), nullable=False, default=""),
+    Column("mfa", Boolean, nullable=False, default=False),
+)
+Index("ix_sessions_user_pk", sessions.c.user_pk)
+
+access_grants = Table(
+    "access_grants",
+    metadata,
+    # A principal may see one study: an explicit grant, or break-the-glass with a reason.
+    Column("pk", Integer, primary_key=True),
+    Column("subject", String(255), nullable=False),  # Principal.subject
+    Column("study_instance_uid", UID, nullable=False),
+    Column("kind", String(16), nullable=False),  # grant, break-glass
+    Column("reason", Text, nullable=False, default=""),
+    Column("granted_by", String(255), nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+Index("ix_access_grants_subject", access_grants.c.subject, access_grants.c.study_instance_uid)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # Append-only hash chain of DICOM PS3.15 A.5 audit messages: each record's hash
+    # covers the previous one, so an edit or a deletion breaks every later link.
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("recorded_at", Float, nullable=False),
+    Column("event_id", String(16), nullable=False),  # DCM code, e.g. 110112
+    Column("event_action", String(1), nullable=False),  # C R U D E
+    Column("outcome", Integer, nullable=False),  # 0 4 8 12
+    Column("user_id", String(255), nullable=False, default=""),
+    Column("address", String(64), nullable=False, default=""),
+    Column("study_uids", Text, nullable=False, default=""),  # space-separated, for search
+    Column("message", Text, nullable=False),  # the XML audit message
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_log_recorded_at", audit_log.c.recorded_at)
+Index("ix_audit_log_event_id", audit_log.c.event_id)

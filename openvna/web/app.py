@@ -32,6 +32,7 @@ from openvna.web.errors import (
     openvna_error_handler,
     unexpected_error_handler,
 )
+from openvna.web.security import SecurityMiddleware
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def create_app(
             *wado_uri.routes(context),
             *viewer.routes(http),
         ],
-        middleware=middleware,
+        middleware=[*middleware, Middleware(SecurityMiddleware, security=archive.security)],
         exception_handlers={
             OpenVNAError: openvna_error_handler,
             HTTPException: http_error_handler,

@@ -65,6 +65,7 @@ PERC15: Final = Code("PERC15", "99OPENVNA", "15th percentile of lung attenuation
 RIGHT_LUNG: Final = Code("3341006", "SCT", "Right lung")
 LEFT_LUNG: Final = Code("44029006", "SCT", "Left lung")
 
+
 @dataclass(frozen=True)
 class LungParameters:
     """Tunable settings, from the manifest's ``[runtime.parameters]``."""

@@ -63,7 +63,6 @@ INTRACRANIAL_HEMORRHAGE: Final = Code("1386000", "SCT", "Intracranial hemorrhage
 HEMORRHAGE: Final = Code("50960005", "SCT", "Hemorrhage")
 
 
-
 @dataclass(frozen=True)
 class HeadParameters:
     """Tunable settings, from the manifest's ``[runtime.parameters]``."""
