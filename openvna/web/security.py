@@ -15,6 +15,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from openvna.security.audit import http as audit_http
 from openvna.security.authn import SESSION_COOKIE, Credentials
 from openvna.security.context import SecurityContext
 from openvna.security.errors import AccessDenied
@@ -59,7 +60,7 @@ class SecurityMiddleware:
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         credentials = credentials_from(scope)
         security = self.security
-        principal: Principal | None
+        principal: Principal | None = None
         try:
             if not security.auth_required:
                 principal = security.authenticator.authenticate(credentials)
@@ -72,7 +73,7 @@ class SecurityMiddleware:
                     security.authorizer.check_http, principal, method, path, query
                 )
         except AccessDenied as denied:
-            await self._refuse(scope, receive, send, denied)
+            await self._refuse(scope, receive, send, denied, principal)
             return
         state = scope.setdefault("state", {})
         state[PRINCIPAL_KEY] = principal
@@ -89,12 +90,25 @@ class SecurityMiddleware:
             self._audit(principal, method, path, query, status["code"], credentials, state)
 
     async def _refuse(
-        self, scope: Scope, receive: Receive, send: Send, denied: AccessDenied
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        denied: AccessDenied,
+        principal: Principal | None,
     ) -> None:
         headers = {}
         if denied.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="openvna"'
-        self._audit_refusal(scope, denied)
+        client = scope.get("client")
+        audit_http.record_refusal(
+            self.security.audit,
+            principal,
+            scope.get("method", "GET"),
+            scope["path"],
+            client[0] if client else "",
+            denied,
+        )
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
@@ -115,9 +129,14 @@ class SecurityMiddleware:
         credentials: Credentials,
         state: dict[str, object],
     ) -> None:
-        """Hand the request to the audit classifier (filled in by the audit work)."""
-        return None
-
-    def _audit_refusal(self, scope: Scope, denied: AccessDenied) -> None:
-        """Record refused requests as security alerts (filled in by the audit work)."""
-        return None
+        """Hand the request to the audit classifier (it never blocks on I/O)."""
+        audit_http.record_request(
+            self.security.audit,
+            principal,
+            method,
+            path,
+            query,
+            status,
+            credentials.address,
+            state,
+        )
