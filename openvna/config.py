@@ -312,7 +312,7 @@ class LimitSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     requests_per_minute: int = Field(
-        default=6000, ge=1, description="HTTP requests per client address per minute (429)"
+        default=60000, ge=1, description="HTTP requests per client address per minute (429)"
     )
     associations_per_host: int = Field(
         default=16, ge=1, description="DICOM associations open at once from one address"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -25,11 +26,22 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from openvna.errors import InvalidInstanceError, MissingAttributeError, SecurityRejectedError
+from openvna.errors import (
+    InstanceTooLargeError,
+    InvalidInstanceError,
+    MissingAttributeError,
+    SecurityRejectedError,
+)
 
 BULK_THRESHOLD = 4096
 """Values longer than this are deferred at ingest and become BulkDataURIs in DICOM JSON."""
 _DEFLATED = ("1.2.840.10008.1.2.1.99",)
+MAX_COMPRESSION_RATIO = 200
+"""Default inflated bytes per deflated byte beyond which a data set is refused
+(``http.max_compression_ratio`` is passed in by ingest)."""
+RATIO_CHECK_AFTER = 32 * 1024 * 1024
+"""The ratio is checked once this much has been inflated: small data sets never fail it."""
+_INFLATE_STEP = 1024 * 1024
 _UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _EXECUTABLE_MAGIC = (b"MZ", b"\x7fELF", b"\xfe\xed\xfa", b"\xcf\xfa\xed\xfe", b"#!")
 
@@ -55,8 +67,16 @@ class InstanceHeader:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_header(source: BinaryIO) -> InstanceHeader:
+def read_header(
+    source: BinaryIO,
+    *,
+    max_inflated_bytes: int | None = None,
+    max_compression_ratio: int = MAX_COMPRESSION_RATIO,
+) -> InstanceHeader:
     """Parse and validate the header of the instance in ``source`` (a seekable file).
+
+    A Deflated data set (PS3.5 A.5) is first inflated in bounded steps, keeping
+    nothing, when ``max_inflated_bytes`` is given: see :func:`check_inflated_size`.
 
     Raises
     ------
@@ -66,6 +86,9 @@ def read_header(source: BinaryIO) -> InstanceHeader:
         A required UID is missing or malformed, or File Meta disagrees with the data set.
     SecurityRejectedError
         The 128-byte preamble holds an executable header.
+    InstanceTooLargeError
+        A Deflated data set inflates beyond ``max_inflated_bytes`` or more than
+        ``max_compression_ratio`` times (a decompression bomb).
     """
     source.seek(0)
     preamble = source.read(132)
@@ -89,6 +112,8 @@ def read_header(source: BinaryIO) -> InstanceHeader:
         transfer_syntax = str(file_meta.get("TransferSyntaxUID", ""))
         if not is_valid_uid(transfer_syntax):
             raise MissingAttributeError("File Meta lacks a valid Transfer Syntax UID (0002,0010)")
+        if transfer_syntax in _DEFLATED and max_inflated_bytes is not None:
+            check_inflated_size(source, dataset_offset, max_inflated_bytes, max_compression_ratio)
     elif _looks_like_raw_dataset(preamble):
         file_meta = FileMetaDataset()
         dataset_offset = 0
@@ -136,6 +161,50 @@ def read_header(source: BinaryIO) -> InstanceHeader:
         has_file_meta=has_file_meta,
         warnings=warnings,
     )
+
+
+def check_inflated_size(
+    source: BinaryIO, dataset_offset: int, max_bytes: int, max_ratio: int
+) -> None:
+    """Refuse a Deflated data set (PS3.5 A.5) that would inflate beyond the limits.
+
+    pydicom inflates a deflated data set whole into memory, so a few megabytes of
+    deflate (which reaches about 1000:1 on runs of one byte) would become gigabytes
+    there. This inflates it first in 1 MiB steps, counting and discarding the output,
+    and stops at ``max_bytes`` (``ingest.max_dataset_bytes``) or, past
+    :data:`RATIO_CHECK_AFTER`, at ``max_ratio`` times the deflated size
+    (``http.max_compression_ratio``, the rule STOW-RS applies to compressed bodies).
+
+    Raises
+    ------
+    InstanceTooLargeError
+        A limit is passed (DIMSE 0xA700, HTTP 413).
+    InvalidInstanceError
+        The deflated data is corrupt.
+    """
+    deflated = max(source_size(source) - dataset_offset, 1)
+    source.seek(dataset_offset)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = 0
+    while not inflater.eof:
+        data = inflater.unconsumed_tail or source.read(_INFLATE_STEP)
+        try:
+            piece = inflater.decompress(data, _INFLATE_STEP)
+        except zlib.error as error:
+            raise InvalidInstanceError(f"corrupt deflated data set: {error}") from error
+        if not data and not piece:
+            break  # truncated: the parser reports it
+        inflated += len(piece)
+        if inflated > max_bytes:
+            raise InstanceTooLargeError(
+                f"deflated data set inflates beyond the limit of {max_bytes} bytes "
+                "(ingest.max_dataset_bytes)"
+            )
+        if inflated > RATIO_CHECK_AFTER and inflated > max_ratio * deflated:
+            raise InstanceTooLargeError(
+                f"deflated data set of {deflated} bytes expands more than {max_ratio} times: "
+                "refused as a decompression bomb (http.max_compression_ratio)"
+            )
 
 
 def _raw_elements(dataset: Dataset) -> Iterator[Any]:
@@ -234,4 +303,11 @@ def _looks_like_raw_dataset(head: bytes) -> bool:
     return head[:2] in (b"\x08\x00", b"\x02\x00", b"\x00\x08")
 
 
-__all__ = ["InstanceHeader", "is_valid_uid", "read_file_meta_info", "read_header", "source_size"]
+__all__ = [
+    "InstanceHeader",
+    "check_inflated_size",
+    "is_valid_uid",
+    "read_file_meta_info",
+    "read_header",
+    "source_size",
+]

@@ -21,7 +21,12 @@ from typing import BinaryIO
 from openvna import __version__
 from openvna.archive.dicomjson import dataset_to_json
 from openvna.archive.events import EventBus, InstanceStored
-from openvna.archive.header import InstanceHeader, read_header, source_size
+from openvna.archive.header import (
+    MAX_COMPRESSION_RATIO,
+    InstanceHeader,
+    read_header,
+    source_size,
+)
 from openvna.config import IngestSettings
 from openvna.errors import (
     DuplicateInstanceError,
@@ -86,11 +91,15 @@ class Ingestor:
         repository: IndexRepository,
         bus: EventBus,
         settings: IngestSettings,
+        *,
+        max_compression_ratio: int = MAX_COMPRESSION_RATIO,
     ) -> None:
         self._storage = storage
         self._repository = repository
         self._bus = bus
         self._settings = settings
+        self._max_compression_ratio = max_compression_ratio
+        """``http.max_compression_ratio``: also bounds how far a Deflated data set inflates."""
 
     def ingest_file(
         self,
@@ -113,7 +122,11 @@ class Ingestor:
                 f"instance of {size} bytes exceeds the limit of "
                 f"{self._settings.max_dataset_bytes} bytes"
             )
-        header = read_header(source)
+        header = read_header(
+            source,
+            max_inflated_bytes=self._settings.max_dataset_bytes,
+            max_compression_ratio=self._max_compression_ratio,
+        )
         if expected is not None:
             _check_expected(header, expected)
         try:

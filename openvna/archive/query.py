@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
@@ -27,6 +27,9 @@ from openvna.archive.attributes import (
     Level,
 )
 from openvna.errors import QueryError
+
+if TYPE_CHECKING:
+    from openvna.security.authz import StudyAccess
 
 WILDCARD_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
 RANGE_VRS = {"DA", "TM", "DT"}
@@ -66,6 +69,9 @@ class Query:
     offset: int = 0
     include_all: bool = False
     fuzzy: bool = False
+    access: StudyAccess | None = None
+    """Study-level restriction of the principal asking (None: every study). Applied in
+    SQL by the index, so results, counts and paging only ever cover visible studies."""
 
     @property
     def sql_conditions(self) -> tuple[Condition, ...]:
@@ -105,7 +111,9 @@ def build_condition(tag: int, raw_value: str, *, list_separator: str = "\\") -> 
     """Classify one key's value per PS3.4 C.2.2.2; None for universal matching."""
     keyword, vr = keyword_and_vr(tag)
     indexed = BY_KEYWORD.get(keyword)
-    value = raw_value.strip()
+    value = raw_value.rstrip("\x00").strip()  # a UI value may end in its NUL padding
+    if "\x00" in value:  # in no DICOM value; PostgreSQL text cannot hold it either
+        raise QueryError(f"{keyword} value holds a NUL character")
     if value == "" or value == "*":
         return None
     if vr == "TM":

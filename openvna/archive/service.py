@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sqlalchemy import Engine
 
@@ -17,10 +17,14 @@ from openvna.archive.ingest import ExpectedIdentity, Ingestor, IngestResult, Ori
 from openvna.archive.pixels import PixelStore
 from openvna.archive.query import Query
 from openvna.config import Settings
+from openvna.index import access_repository
 from openvna.index.repository import IndexRepository
 from openvna.index.search import IndexSearch, RetrievableInstance, find_retrievable
 from openvna.security.context import build_security
 from openvna.storage.base import Storage
+
+if TYPE_CHECKING:
+    from openvna.security.authz import StudyAccess
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +61,13 @@ class Archive:
         self.bus = bus
         self.repository = IndexRepository(engine)
         self.index = IndexSearch(engine)
-        self.ingestor = Ingestor(storage, self.repository, bus, settings.ingest)
+        self.ingestor = Ingestor(
+            storage,
+            self.repository,
+            bus,
+            settings.ingest,
+            max_compression_ratio=settings.http.max_compression_ratio,
+        )
         self.pixels = PixelStore(engine, storage)
         """Frame reads with their fragment-table cache, shared by every pixel endpoint."""
         self.security = build_security(settings, engine)
@@ -70,9 +80,11 @@ class Archive:
         self.storage.close()
 
     # -- status ------------------------------------------------------------------------
-    def counts(self) -> dict[str, int]:
+    def counts(self, access: StudyAccess | None = None) -> dict[str, int]:
         """Patients, studies, series and instances in the index (full counts: not for
-        hot paths)."""
+        hot paths); with ``access``, of the studies that principal may see."""
+        if access is not None:
+            return access_repository.visible_counts(self.engine, access)
         return self.repository.counts()
 
     def check_index(self) -> None:
@@ -90,8 +102,11 @@ class Archive:
         return self.index.search(query)
 
     # -- retrieve ----------------------------------------------------------------------
-    def find_retrievable(self, **unique_keys: tuple[str, ...]) -> list[RetrievableInstance]:
-        return find_retrievable(self.engine, **unique_keys)
+    def find_retrievable(
+        self, *, access: StudyAccess | None = None, **unique_keys: tuple[str, ...]
+    ) -> list[RetrievableInstance]:
+        """Instances under the unique keys; with ``access``, of visible studies only."""
+        return find_retrievable(self.engine, access=access, **unique_keys)
 
     def open_instance(self, instance: RetrievableInstance) -> BinaryIO:
         return self.storage.open(instance.storage_key)

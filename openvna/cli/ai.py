@@ -20,30 +20,22 @@ from rich.table import Table
 from openvna.ai.errors import ManifestError
 from openvna.ai.jobs import Orchestrator
 from openvna.ai.registry import load_registry
-from openvna.config import Settings, load_settings
+from openvna.cli.common import ConfigOption, DataDirOption, cli_settings, open_index
+from openvna.config import Settings
 from openvna.errors import OpenVNAError
 from openvna.index.ai_repository import AiRepository
-from openvna.index.database import create_index_engine, upgrade_schema
 
 ai_app = typer.Typer(
     help="AI models, jobs, provenance records and the stop switch.", no_args_is_help=True
 )
 console = Console()
 
-DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Archive data directory.")]
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML configuration file.")]
 ByOption = Annotated[str, typer.Option("--by", help="Who does this (recorded).")]
 
 
 def _orchestrator(config: Path | None, data_dir: Path | None) -> Orchestrator:
-    try:
-        settings: Settings = load_settings(config, data_dir=data_dir)
-    except FileNotFoundError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from error
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = create_index_engine(settings.index_url, sqlite_synchronous=settings.sqlite_synchronous)
-    upgrade_schema(engine)
+    settings: Settings = cli_settings(config, data_dir)
+    engine = open_index(settings)
     return Orchestrator(settings, engine, load_registry(settings))
 
 

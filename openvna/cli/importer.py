@@ -6,6 +6,7 @@ importer only enumerates and reports.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import tempfile
@@ -18,11 +19,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
 
 from openvna.archive.ingest import Origin
 from openvna.archive.service import Archive
 from openvna.errors import DuplicateInstanceError, OpenVNAError
 from openvna.index.repository import StoreOutcome
+from openvna.security.audit import AuditEvent, StudyRef
+from openvna.security.audit import events as audit_events
+from openvna.security.principal import system_principal
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
@@ -34,6 +39,21 @@ class ImportSummary:
     rejected: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     rejected_files: list[tuple[str, str]] = field(default_factory=list)
+    study_sop_classes: dict[str, Counter[str]] = field(default_factory=dict)
+    """Instances imported per study and SOP class: what the Data Import audit names."""
+
+    def import_events(self, source: str) -> list[AuditEvent]:
+        """One Data Import (DCM 110107) record per imported study (PS3.15 A.5.3.5)."""
+        principal = system_principal(f"cli:{getpass.getuser()}")
+        return [
+            audit_events.data_import(
+                principal,
+                "",
+                [StudyRef(study_uid, sop_classes=tuple(sorted(classes.items())))],
+                source=source,
+            )
+            for study_uid, classes in sorted(self.study_sop_classes.items())
+        ]
 
 
 @dataclass(frozen=True)
@@ -65,11 +85,11 @@ class ImportItem:
 def is_dicomdir(path: Path) -> bool:
     if path.name.upper() == "DICOMDIR":
         return True
-    try:
-        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    try:  # File Meta only: a Deflated data set would be inflated whole (a bomb)
+        meta = read_file_meta_info(path)
     except Exception:
         return False
-    return str(getattr(meta.file_meta, "MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY
+    return str(meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY
 
 
 def dicomdir_items(dicomdir: Path) -> Iterator[ImportItem]:
@@ -144,3 +164,5 @@ def import_item(
         summary.duplicates += 1
     else:
         summary.imported += 1
+        classes = summary.study_sop_classes.setdefault(result.study_instance_uid, Counter())
+        classes[result.sop_class_uid] += 1

@@ -15,12 +15,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from openvna.app import open_archive, peer_registry, start_archive
+from openvna.archive.service import Archive
+from openvna.cli.access import access_app
 from openvna.cli.ai import ai_app
+from openvna.cli.audit import audit_app
+from openvna.cli.common import ConfigOption, DataDirOption, cli_settings
 from openvna.cli.importer import ImportSummary, enumerate_items, import_item
-from openvna.config import PeerConfig, Settings, load_settings
+from openvna.cli.keys import keys_app
+from openvna.cli.tls import tls_app
+from openvna.cli.users import apikey_app, user_app
+from openvna.config import PeerConfig, Settings
+from openvna.errors import OpenVNAError
+from openvna.tasks.inprocess import InProcessExecutor
 
 app = typer.Typer(
-    help="OpenVNA: open-source, AI-native vendor-neutral archive.", no_args_is_help=True
+    help="OpenVNA: open-source, AI-native vendor-neutral archive.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # a traceback must never print keys or passwords
 )
 peers_app = typer.Typer(
     help="Remote DICOM application entities (C-MOVE destinations).", no_args_is_help=True
@@ -31,17 +42,22 @@ samples_app = typer.Typer(
 app.add_typer(peers_app, name="peers")
 app.add_typer(samples_app, name="samples")
 app.add_typer(ai_app, name="ai")
+app.add_typer(audit_app, name="audit")
+app.add_typer(access_app, name="access")
+app.add_typer(keys_app, name="keys")
+app.add_typer(tls_app, name="tls")
+app.add_typer(user_app, name="user")
+app.add_typer(apikey_app, name="apikey")
 console = Console()
 
-DataDirOption = Annotated[Path | None, typer.Option("--data-dir", help="Archive data directory.")]
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML configuration file.")]
 
-
-def _settings(config: Path | None, data_dir: Path | None, **overrides: object) -> Settings:
+def _open(settings: Settings) -> tuple[Archive, InProcessExecutor]:
+    """The archive for a one-off command; a configuration problem (a missing encryption
+    key, say) is one red line, not a traceback."""
     try:
-        return load_settings(config, data_dir=data_dir, **overrides)
-    except FileNotFoundError as error:
-        console.print(f"[red]{error}[/red]")
+        return open_archive(settings)
+    except OpenVNAError as error:
+        console.print(str(error), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(2) from error
 
 
@@ -75,7 +91,7 @@ def serve(
 ) -> None:
     """Start the archive: DIMSE and HTTP listeners and the study stability monitor."""
     _configure_logging(verbose)
-    settings = _settings(
+    settings = cli_settings(
         config,
         data_dir,
         host=host,
@@ -87,10 +103,19 @@ def serve(
             "http.viewer_dir": viewer_dir,
         },
     )
-    running = start_archive(settings)
+    try:
+        running = start_archive(settings)
+    except OpenVNAError as error:  # e.g. secure-by-default refusal: say why, no traceback
+        console.print(str(error), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from error
     count = running.archive.repository.count_instances()
-    http_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    http_url = f"http://{http_host}:{running.http_port}"
+    http_url = running.http_url
+    tls_line = (
+        f"  DICOM TLS: {settings.host}:{running.dimse_tls_port}  (e.g. echoscu +tls KEY CERT "
+        f"+cf CA -aec {settings.dimse.ae_title} {settings.host} {running.dimse_tls_port})\n"
+        if running.dimse_tls_port is not None
+        else ""
+    )
     console.print(
         f"[bold green]OpenVNA[/bold green] serving {count} instances from "
         f"[cyan]{settings.data_dir.resolve()}[/cyan]\n"
@@ -100,6 +125,7 @@ def serve(
         f"{running.dimse_port}\n"
         f"          findscu -S -aec {settings.dimse.ae_title} -k QueryRetrieveLevel=STUDY "
         f"-k PatientName= -k StudyDate= {settings.host} {running.dimse_port}\n"
+        f"{tls_line}"
         f"  DICOMweb: {http_url}/dicom-web  (e.g. curl {http_url}/dicom-web/studies)\n"
         f"  Viewer: {http_url}/viewer/  (OHIF; installed by make run)\n"
         f"  Status: {http_url}/api/system\n"
@@ -121,8 +147,8 @@ def import_command(
     show_rejected: Annotated[bool, typer.Option(help="List every rejected file.")] = False,
 ) -> None:
     """Import DICOM files through the same ingest path as C-STORE."""
-    settings = _settings(config, data_dir)
-    archive, executor = open_archive(settings)
+    settings = cli_settings(config, data_dir)
+    archive, executor = _open(settings)
     summary = ImportSummary()
     try:
         items = list(enumerate_items(paths))
@@ -142,6 +168,8 @@ def import_command(
         for item in items:
             import_item(archive, item, summary, spool_dir)
             progress.advance(task)
+    for event in summary.import_events(", ".join(str(path) for path in paths)):
+        archive.security.audit.record(event)
     executor.shutdown()
     archive.close()
     table = Table(title="Import summary")
@@ -163,8 +191,8 @@ def import_command(
 @app.command()
 def verify(data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
     """Re-hash every stored instance and report any that differ from the index (scrub)."""
-    settings = _settings(config, data_dir)
-    archive, executor = open_archive(settings)
+    settings = cli_settings(config, data_dir)
+    archive, executor = _open(settings)
     total = archive.repository.count_instances()
     problems = []
     with Progress(
@@ -195,7 +223,7 @@ def peers_add(
     config: ConfigOption = None,
 ) -> None:
     """Add or replace a peer; a running server uses it at once."""
-    settings = _settings(config, data_dir)
+    settings = cli_settings(config, data_dir)
     try:
         peer = PeerConfig(ae_title=ae_title, host=host, port=port)
     except ValueError as error:
@@ -208,7 +236,7 @@ def peers_add(
 @peers_app.command("list")
 def peers_list(data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
     """List configured and added peers."""
-    settings = _settings(config, data_dir)
+    settings = cli_settings(config, data_dir)
     table = Table("AE title", "host", "port")
     for peer in peer_registry(settings).all():
         table.add_row(peer.ae_title, peer.host, str(peer.port))
@@ -220,7 +248,7 @@ def peers_remove(
     ae_title: str, data_dir: DataDirOption = None, config: ConfigOption = None
 ) -> None:
     """Remove a peer added with ``peers add`` (peers from the config file stay)."""
-    settings = _settings(config, data_dir)
+    settings = cli_settings(config, data_dir)
     if not peer_registry(settings).remove(ae_title):
         console.print(f"[red]no peer {ae_title} was added with 'peers add'[/red]")
         raise typer.Exit(1)
@@ -251,7 +279,7 @@ def samples_load(
     """Generate the sample studies (once) and import them; re-running changes nothing."""
     from openvna.sample import generate_samples
 
-    settings = _settings(config, data_dir)
+    settings = cli_settings(config, data_dir)
     samples_dir = settings.data_dir / "samples"
     if not samples_dir.is_dir():
         generate_samples(samples_dir, seed=seed)

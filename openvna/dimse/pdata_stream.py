@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import os
 import struct
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import pynetdicom.association as pynetdicom_association
 import pynetdicom.fsm as pynetdicom_fsm
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset, read_preamble
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
@@ -28,6 +33,47 @@ from pynetdicom.pdu_primitives import P_DATA
 _BLOCK_BYTES = 1024 * 1024
 _PDU_HEADER = struct.Struct(">BBIIBB")
 """PDU type, reserved, PDU length; PDV item length, context ID, message control header."""
+_PLAINTEXT_PREFIX = "openvna-plaintext:"
+_PLAINTEXT_SOURCES: dict[str, Callable[[], BinaryIO]] = {}
+"""Names standing for stored instances without a plaintext file (encrypted storage)."""
+
+
+@contextmanager
+def plaintext_source(opener: Callable[[], BinaryIO]) -> Iterator[str]:
+    """A name to send from as if it were a file, read through ``opener`` (decrypted as
+    it goes, never written out) while the ``with`` block lasts. A send that outlives it
+    fails instead of reading something else under a recycled name."""
+    name = f"{_PLAINTEXT_PREFIX}{uuid.uuid4().hex}"
+    _PLAINTEXT_SOURCES[name] = opener
+    try:
+        yield name
+    finally:
+        _PLAINTEXT_SOURCES.pop(name, None)
+
+
+def open_source(path: str | os.PathLike[str]) -> BinaryIO:
+    """The file at ``path``, or the stream a :func:`plaintext_source` name stands for."""
+    name = os.fspath(path)
+    if name.startswith(_PLAINTEXT_PREFIX):
+        opener = _PLAINTEXT_SOURCES.get(name)
+        if opener is None:
+            raise OSError(f"{name}: the send it belonged to has ended")
+        return opener()
+    return open(name, "rb")
+
+
+def _split_dataset(path: Path) -> tuple[Dataset, int]:
+    """pynetdicom's ``split_dataset`` (File Meta and the data set's offset), reading
+    through :func:`open_source`."""
+    with open_source(path) as source:
+        read_preamble(source, False)
+        file_meta = read_dataset(
+            source,
+            is_implicit_VR=False,
+            is_little_endian=True,
+            stop_when=lambda tag, vr, length: tag.group != 2,
+        )
+        return file_meta, source.tell()
 
 
 class FileDataSet(P_DATA):
@@ -44,8 +90,8 @@ class FileDataSet(P_DATA):
 def pdus_of(data_set: FileDataSet) -> Iterator[bytes]:
     """The P-DATA-TF PDUs of the file's data set, grouped into blocks of about 1 MB."""
     fragment = data_set.fragment_bytes
-    with open(data_set.path, "rb") as source:
-        remaining = os.fstat(source.fileno()).st_size - data_set.offset
+    with open_source(data_set.path) as source:
+        remaining = source.seek(0, os.SEEK_END) - data_set.offset
         source.seek(data_set.offset)
         fragments_per_block = max(1, _BLOCK_BYTES // fragment)
         while True:
@@ -84,6 +130,7 @@ def install() -> None:
         return pdu_class(primitive)
 
     pynetdicom_fsm.P_DATA_TF = p_data_tf  # type: ignore[attr-defined,assignment]
+    pynetdicom_association.split_dataset = _split_dataset  # type: ignore[attr-defined]
 
     original_send = DULServiceProvider._send
 
@@ -105,16 +152,17 @@ def install() -> None:
 
     def encode_msg(self: DIMSEMessage, context_id: int, max_pdu_length: int) -> Iterator[P_DATA]:
         source = self._data_set_path
-        if source is None or not max_pdu_length or max_pdu_length < 64:
+        path, offset = source if isinstance(source, tuple) else (Path(source or ""), 0)
+        plaintext = str(path).startswith(_PLAINTEXT_PREFIX)  # pynetdicom cannot open it
+        if source is None or (not plaintext and (not max_pdu_length or max_pdu_length < 64)):
             yield from original_encode(self, context_id, max_pdu_length)
             return
-        path, offset = source if isinstance(source, tuple) else (Path(source), 0)
         self._data_set_path = None
         try:
             yield from original_encode(self, context_id, max_pdu_length)  # the command set
         finally:
             self._data_set_path = source
-        yield FileDataSet(str(path), offset, context_id, max_pdu_length)
+        yield FileDataSet(str(path), offset, context_id, max_pdu_length or _BLOCK_BYTES)
 
     DIMSEMessage.encode_msg = encode_msg  # type: ignore[method-assign]
     DULServiceProvider._openvna_file_data_sets = True  # type: ignore[attr-defined]

@@ -11,12 +11,15 @@ file is decoded and pynetdicom converts between the uncompressed syntaxes.
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, BinaryIO
 
 import pynetdicom.association as pynetdicom_association
 from pydicom import dcmread
@@ -35,16 +38,49 @@ logger = logging.getLogger(__name__)
 UNCOMPRESSED_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 
 
-class StoredInstanceRef(Dataset):
-    """A stored instance to send: its identity, and the path of its Part 10 file."""
+_READ_BEFORE_SENDING = 64 * 1024 * 1024
+"""Stored instances without a file up to this size are read whole before being sent."""
 
-    def __init__(self, instance: RetrievableInstance, path: str) -> None:
+
+class StoredInstanceRef(Dataset):
+    """A stored instance to send: its identity, and the path of its Part 10 file, or
+    (encrypted storage: no plaintext file) how to open its plaintext."""
+
+    def __init__(
+        self,
+        instance: RetrievableInstance,
+        path: str | None,
+        opener: Callable[[], BinaryIO] | None = None,
+    ) -> None:
         super().__init__()
         self.SOPClassUID = instance.sop_class_uid
         self.SOPInstanceUID = instance.sop_instance_uid
         self.file_meta = FileMetaDataset()
         self.file_meta.TransferSyntaxUID = UID(instance.transfer_syntax_uid)
         self.openvna_path = path
+        self.openvna_opener = opener
+
+    @contextmanager
+    def source(self) -> Iterator[str]:
+        """A path to send from while the send runs (see ``pdata_stream.plaintext_source``).
+
+        Without a file, an instance up to :data:`_READ_BEFORE_SENDING` bytes is read (and
+        its integrity checked) before the C-STORE starts: a damaged one fails its
+        sub-operation cleanly instead of aborting the association halfway through.
+        """
+        if self.openvna_path is not None:
+            yield self.openvna_path
+            return
+        if self.openvna_opener is None:
+            raise ValueError("a stored instance reference needs a path or an opener")
+        opener = self.openvna_opener
+        with opener() as stored:
+            if stored.seek(0, io.SEEK_END) <= _READ_BEFORE_SENDING:
+                stored.seek(0)
+                data = stored.read()
+                opener = partial(io.BytesIO, data)
+        with pdata_stream.plaintext_source(opener) as name:
+            yield name
 
 
 _installed = False
@@ -106,15 +142,22 @@ def install_raw_send() -> None:
         pause_reactor(self)
         if isinstance(dataset, StoredInstanceRef):
             try:
-                return original(self, dataset.openvna_path, *args, **kwargs)
-            except ValueError:
-                # No context with the stored transfer syntax: decode and let pynetdicom
-                # convert (uncompressed) or decompress first (compressed stored data).
-                decoded = dcmread(dataset.openvna_path)
-                if decoded.file_meta.TransferSyntaxUID.is_compressed:
-                    # same instance in another transfer syntax: keep its SOP Instance UID
-                    decoded.decompress(generate_instance_uid=False)
-                return original(self, decoded, *args, **kwargs)
+                with dataset.source() as path:
+                    try:
+                        return original(self, path, *args, **kwargs)
+                    except ValueError:
+                        # No context with the stored transfer syntax: decode and let
+                        # pynetdicom convert (uncompressed) or decompress first.
+                        with pdata_stream.open_source(path) as stored:
+                            decoded = dcmread(stored)
+                        if decoded.file_meta.TransferSyntaxUID.is_compressed:
+                            # same instance in another syntax: keep its SOP Instance UID
+                            decoded.decompress(generate_instance_uid=False)
+                        return original(self, decoded, *args, **kwargs)
+            except Exception:
+                # an unreadable object fails this sub-operation; the reactor runs on
+                self._reactor_checkpoint.set()
+                raise
         return original(self, dataset, *args, **kwargs)
 
     Association.send_c_store = send_c_store  # type: ignore[method-assign]

@@ -5,16 +5,23 @@ classes are archived too) in the transfer syntax the sender proposes first, Pati
 and Study Root C-FIND/C-MOVE/C-GET. Received data sets are streamed to temporary files
 by pynetdicom (``STORE_RECV_CHUNKED_DATASET``) so memory stays flat with instance size.
 Every accepted socket gets TCP_NODELAY (small DIMSE responses must not wait for Nagle).
+
+With ``security.tls.dimse_port`` set, a second listener on the same AE speaks DICOM
+over TLS (PS3.15 B.9, BCP 195; contexts from :mod:`openvna.security.tls`); it serves
+exactly what the plain listener serves, through the same handlers and checks. Like the
+plain listener it is shared by every DIMSE process: where TLS is on (mandatory beyond
+loopback) it carries all the traffic, so it needs every core as much as the plain one,
+and TLS adds CPU work of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import ipaddress
 import logging
 import os
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -29,6 +36,7 @@ from openvna.archive.service import Archive
 from openvna.config import Settings
 from openvna.dimse import audit as dimse_audit
 from openvna.dimse import handlers
+from openvna.dimse import limits as dimse_limits
 from openvna.dimse.handlers import VERIFICATION
 from openvna.dimse.identifier import (
     PATIENT_ROOT_FIND,
@@ -40,7 +48,9 @@ from openvna.dimse.identifier import (
 )
 from openvna.dimse.peers import PeerRegistry
 from openvna.dimse.scu import install_raw_send
-from openvna.dimse.workers import AcceptBalancer
+from openvna.dimse.workers import AcceptBalancer, dimse_listening_socket
+from openvna.errors import OpenVNAError
+from openvna.security.audit import events as audit_events
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +103,16 @@ class TunedAssociationServer(ThreadedAssociationServer):
 
     With ``shared_socket`` set (a bound, listening, non-blocking socket) the server uses it
     instead of binding its own, and asks ``balancer`` before accepting (see workers.py).
+
+    With ``ssl_context`` set, the TLS handshake runs in the new association's thread
+    with the ACSE timeout, not in the accept loop as pynetdicom does it: a peer that
+    connects and never completes the handshake must not stall every other caller.
+    ``tls_refused(address, reason)`` hears of each failed handshake.
     """
 
     shared_socket: socket.socket | None = None
     balancer: AcceptBalancer | None = None
+    tls_refused: Callable[[str, str], None] | None = None
 
     def server_bind(self) -> None:
         if self.shared_socket is None:
@@ -120,13 +136,39 @@ class TunedAssociationServer(ThreadedAssociationServer):
         if balancer is not None and not balancer.should_accept(len(self.ae.active_associations)):
             time.sleep(0.001)  # a less busy sibling process takes this connection
             raise BlockingIOError("left to a less busy DIMSE process")
-        client, address = super().get_request()  # BlockingIOError if a sibling took it
+        assert self.socket is not None
+        client, address = self.socket.accept()  # BlockingIOError if a sibling took it
         client.setblocking(True)
         if balancer is not None:
             balancer.accepted(len(self.ae.active_associations) + 1)
-        with contextlib.suppress(OSError):  # TLS-wrapped or unusual sockets
+        with contextlib.suppress(OSError):  # unusual sockets
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
         return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket) and not self._handshake(request, client_address):
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+    def _handshake(self, request: ssl.SSLSocket, client_address: Any) -> bool:
+        """Complete the TLS handshake within the ACSE timeout; False if it failed."""
+        request.settimeout(self.ae.acse_timeout or 30.0)
+        try:
+            request.do_handshake()
+        except OSError as error:  # ssl.SSLError, timeouts, resets
+            address = str(client_address[0])
+            reason = str(getattr(error, "reason", None) or error)
+            logger.warning("DICOM TLS handshake with %s failed: %s", address, reason)
+            if self.tls_refused is not None:
+                self.tls_refused(address, reason)
+            return False
+        request.settimeout(None)
+        return True
 
 
 class _ContextsCopiedCheaply(list[PresentationContext]):
@@ -148,18 +190,13 @@ class _ContextsCopiedCheaply(list[PresentationContext]):
         return copies
 
 
-def _is_loopback(address: str) -> bool:
+def dimse_tls_listening_socket(host: str, port: int) -> socket.socket:
+    """The DICOM TLS socket shared by every DIMSE process (non-blocking, as the plain
+    one); raises :class:`OpenVNAError` naming the address when taken."""
     try:
-        return ipaddress.ip_address(address.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def _peer_addresses(host: str) -> set[str]:
-    try:
-        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except OSError:
-        return set()
+        return dimse_listening_socket(host, port)
+    except OSError as error:
+        raise OpenVNAError(f"cannot listen for DICOM TLS on {host}:{port}: {error}") from error
 
 
 def tune_association(event: evt.Event) -> None:
@@ -194,32 +231,9 @@ def discard_partial_dataset(event: evt.Event) -> None:
         logger.info("association dropped mid-message: partial data set discarded")
 
 
-def make_access_check(peers: PeerRegistry) -> Callable[[evt.Event], None]:
-    """EVT_REQUESTED handler: any caller from loopback, otherwise only configured peers.
-
-    Unknown callers get A-ASSOCIATE-RJ, rejected-permanent, "calling AE title not
-    recognized" (PS3.8 9.3.4), before any presentation context is negotiated.
-    """
-
-    def check(event: evt.Event) -> None:
-        requestor = event.assoc.requestor
-        address = str(requestor.address)
-        if _is_loopback(address):
-            return
-        primitive = requestor.primitive
-        calling = str(primitive.calling_ae_title).strip() if primitive is not None else ""
-        peer = peers.get(calling)
-        if peer is not None and address in _peer_addresses(peer.host):
-            return
-        logger.warning("association from %s (%s) rejected: not a configured peer", calling, address)
-        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-        event.assoc.kill()
-
-    return check
-
-
 class DimseServer:
-    """Owns the AE and its listening socket."""
+    """Owns the AE and its listening sockets: plain DICOM, and DICOM TLS when
+    ``tls_context`` is given and ``security.tls.dimse_port`` is set."""
 
     def __init__(
         self,
@@ -230,6 +244,9 @@ class DimseServer:
         shared_socket: socket.socket | None = None,
         balancer: AcceptBalancer | None = None,
         processes: int = 1,
+        tls_context: ssl.SSLContext | None = None,
+        tls_socket: socket.socket | None = None,
+        tls_balancer: AcceptBalancer | None = None,
     ) -> None:
         self.settings = settings
         self.archive = archive
@@ -237,7 +254,14 @@ class DimseServer:
         self._shared_socket = shared_socket
         self._balancer = balancer
         self._processes = processes
+        self._tls_context = tls_context
+        self._tls_socket = tls_socket
+        """The DICOM TLS socket shared by every DIMSE process (as ``shared_socket``)."""
+        self._tls_balancer = tls_balancer
         self._server: TunedAssociationServer | None = None
+        self._tls_server: TunedAssociationServer | None = None
+        self.tls_port: int | None = None
+        """The bound DICOM TLS port once started; None without a TLS listener."""
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
@@ -271,7 +295,11 @@ class DimseServer:
         return ae
 
     def start(self) -> int:
-        """Start listening in background threads; returns the bound port."""
+        """Start listening in background threads; returns the bound (plain) port.
+
+        The DICOM TLS listener, when configured, starts too: same handlers, same
+        checks; its port is :attr:`tls_port`.
+        """
         # pynetdicom writes received data sets with NamedTemporaryFile: keep them on the
         # archive's filesystem (not a RAM-backed /tmp), where the start-up sweep cleans.
         tmp_dir = self.settings.storage_dir / "tmp"
@@ -279,9 +307,10 @@ class DimseServer:
         tempfile.tempdir = str(tmp_dir)
         ae_title = self.settings.dimse.ae_title
         event_handlers: list[Any] = [
-            (evt.EVT_REQUESTED, make_access_check(self.peers)),
+            (evt.EVT_REQUESTED, handlers.make_access_check(self.archive, self.peers)),
             (evt.EVT_CONN_OPEN, tune_association),
             (evt.EVT_CONN_CLOSE, discard_partial_dataset),
+            *dimse_limits.association_limit_handlers(self.settings, self.archive),
             (evt.EVT_C_ECHO, handlers.handle_echo),
             (evt.EVT_C_STORE, handlers.handle_store, [self.archive]),
             (evt.EVT_C_FIND, handlers.handle_find, [self.archive, ae_title]),
@@ -289,28 +318,73 @@ class DimseServer:
             (evt.EVT_C_MOVE, handlers.handle_move, [self.archive, self.peers]),
             *dimse_audit.association_handlers(self.archive),
         ]
+        server = self._serve(
+            self.settings.dimse.port, event_handlers, self._shared_socket, self._balancer
+        )
+        self._server = server
+        port = int(server.server_address[1])
+        logger.info("DIMSE listening on %s:%d as %s", self.settings.host, port, ae_title)
+        tls_port = self.settings.security.tls.dimse_port
+        if self._tls_context is not None and tls_port is not None:
+            tls_server = self._serve(
+                tls_port,
+                event_handlers,
+                self._tls_socket,
+                self._tls_balancer,
+                ssl_context=self._tls_context,
+            )
+            self._tls_server = tls_server
+            self.tls_port = int(tls_server.server_address[1])
+            logger.info(
+                "DICOM TLS listening on %s:%d as %s", self.settings.host, self.tls_port, ae_title
+            )
+        return port
+
+    def _serve(
+        self,
+        port: int,
+        event_handlers: list[Any],
+        shared_socket: socket.socket | None,
+        balancer: AcceptBalancer | None,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> TunedAssociationServer:
+        """One listener of the AE, serving in a background thread."""
         server_class = type(
             "OpenVNAAssociationServer",
             (TunedAssociationServer,),
-            {"shared_socket": self._shared_socket, "balancer": self._balancer},
+            {"shared_socket": shared_socket, "balancer": balancer},
         )
         server = cast(
             TunedAssociationServer,
             self.ae.make_server(
-                (self.settings.host, self.settings.dimse.port),
+                (self.settings.host, port),
                 evt_handlers=event_handlers,
+                ssl_context=ssl_context,
                 server_class=server_class,
             ),
         )
         server.contexts = _ContextsCopiedCheaply(server.contexts)
-        thread = threading.Thread(target=server.serve_forever, name="openvna-dimse", daemon=True)
+        server.tls_refused = self._record_tls_refusal
+        name = "openvna-dimse-tls" if ssl_context is not None else "openvna-dimse"
+        thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
         thread.start()
         self.ae._servers.append(server)  # so that AE.shutdown() stops it, as start_server does
-        self._server = server
-        port = int(server.server_address[1])
-        logger.info("DIMSE listening on %s:%d as %s", self.settings.host, port, ae_title)
-        return port
+        return server
+
+    def _record_tls_refusal(self, address: str, reason: str) -> None:
+        """Audit a failed DICOM TLS handshake: Security Alert, Node Authentication
+        (PS3.15 A.5.3.11, DCM 110126), e.g. a plain or untrusted caller on the TLS port."""
+        self.archive.security.audit.record(
+            audit_events.security_alert(
+                None,
+                address,
+                audit_events.NODE_AUTHENTICATION,
+                description=f"DICOM TLS handshake failed: {reason}",
+            )
+        )
 
     def stop(self) -> None:
         self._server = None
+        self._tls_server = None
         self.ae.shutdown()

@@ -92,8 +92,13 @@ def _level_values(header: dict[str, Any], level: Level) -> dict[str, Any]:
 
 
 def _clip(table_columns: Any, values: dict[str, Any]) -> dict[str, Any]:
-    """Truncate strings to the column length: real-world values overrun their VR limits."""
+    """Truncate strings to the column length: real-world values overrun their VR limits.
+
+    NUL characters are dropped: no text VR allows them, and PostgreSQL text cannot hold
+    them (the stored file keeps the value as received)."""
     for name, value in values.items():
+        if isinstance(value, str) and "\x00" in value:
+            value = values[name] = value.replace("\x00", "")
         column_type = table_columns[name].type
         if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
             values[name] = value[: column_type.length]

@@ -9,9 +9,9 @@ F.2), the form QIDO-RS sends as is and C-FIND turns into Identifiers.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Select, and_, exists, false, func, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
@@ -24,7 +24,15 @@ from openvna.archive.attributes import (
     Level,
 )
 from openvna.archive.query import Condition, MatchKind, Query, matches_header, upper_bound
+from openvna.index.access_repository import (
+    patient_visible_clause,
+    study_visible_clause,
+    visible_patient_studies,
+)
 from openvna.index.schema import instances, patients, series, studies
+
+if TYPE_CHECKING:
+    from openvna.security.authz import StudyAccess
 
 _LEVEL_TABLE = {
     Level.PATIENT: patients,
@@ -41,6 +49,8 @@ _LEVEL_DEPTH = {
     level: depth
     for depth, level in enumerate((Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE))
 }
+_VISIBLE_PATIENT_STUDIES = "visible_patient_studies"
+"""Label of Number of Patient Related Studies counted over visible studies only."""
 
 
 def _column(condition: Condition) -> ColumnElement[Any]:
@@ -56,8 +66,14 @@ def _like_pattern(value: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def condition_clause(condition: Condition) -> ColumnElement[bool]:
-    """SQL for one condition on an indexed (or computed) attribute."""
+def condition_clause(
+    condition: Condition, patient_studies: ColumnElement[Any] = patients.c.number_of_studies
+) -> ColumnElement[bool]:
+    """SQL for one condition on an indexed (or computed) attribute.
+
+    ``patient_studies`` is what Number of Patient Related Studies matches against: the
+    column, or the count of the studies a restricted principal may see.
+    """
     if condition.keyword == "ModalitiesInStudy":
         modalities = [v.upper() for v in condition.values]
         if condition.kind is MatchKind.WILDCARD:
@@ -68,13 +84,13 @@ def condition_clause(condition: Condition) -> ColumnElement[bool]:
             match = series.c.modality.in_(modalities)
         return exists().where(series.c.study_pk == studies.c.pk, match)
     if condition.keyword in COMPUTED_ATTRIBUTES:
-        return _computed_clause(condition)
+        return _computed_clause(condition, patient_studies)
     column = _column(condition)
     fold = condition.vr == "PN"
     values = [v.upper() for v in condition.values] if fold else list(condition.values)
     if condition.indexed is not None and condition.indexed.column in INTEGER_COLUMNS:
         try:
-            numbers = [int(v) for v in values]
+            numbers = _sql_integers(values)
         except ValueError:
             return column.is_(None) & column.isnot(None)  # matches nothing
         return column.in_(numbers)
@@ -95,19 +111,32 @@ def condition_clause(condition: Condition) -> ColumnElement[bool]:
     return column == values[0]
 
 
-def _computed_clause(condition: Condition) -> ColumnElement[bool]:
+def _computed_clause(
+    condition: Condition, patient_studies: ColumnElement[Any] = patients.c.number_of_studies
+) -> ColumnElement[bool]:
     column = {
         "NumberOfStudyRelatedSeries": studies.c.number_of_series,
         "NumberOfStudyRelatedInstances": studies.c.number_of_instances,
         "NumberOfSeriesRelatedInstances": series.c.number_of_instances,
-        "NumberOfPatientRelatedStudies": patients.c.number_of_studies,
+        "NumberOfPatientRelatedStudies": patient_studies,
     }.get(condition.keyword)
     if column is None:
         return true()  # not matchable: behave as universal matching
     try:
-        return column.in_([int(v) for v in condition.values])
+        return column.in_(_sql_integers(condition.values))
     except ValueError:
         return false()
+
+
+SQL_INTEGER_MAX = 2**63 - 1
+"""Largest integer SQLite and PostgreSQL (BIGINT) take: a value beyond matches no row."""
+
+
+def _sql_integers(values: Iterable[str]) -> list[int]:
+    """The values as integers, leaving out those no 64-bit column can hold (they would
+    make the database driver fail rather than match nothing). Raises ValueError."""
+    numbers = [int(value) for value in values]
+    return [number for number in numbers if -SQL_INTEGER_MAX <= number <= SQL_INTEGER_MAX]
 
 
 @dataclass(frozen=True)
@@ -150,12 +179,25 @@ class IndexSearch:
         self.engine = engine
 
     def search(self, query: Query) -> Iterator[dict[str, Any]]:
-        """Matching entities as DICOM JSON objects holding the requested return keys."""
+        """Matching entities as DICOM JSON objects holding the requested return keys.
+
+        With ``query.access`` set, only visible studies (and the series, instances and
+        patients of visible studies) are matched, in SQL before paging; Number of
+        Patient Related Studies then counts visible studies only.
+        """
         statement = _base_select(query.level)
+        patient_studies: ColumnElement[Any] = patients.c.number_of_studies
+        if query.access is not None:
+            patient_studies = visible_patient_studies(query.access)
+            statement = statement.add_columns(patient_studies.label(_VISIBLE_PATIENT_STUDIES))
+            if query.level is Level.PATIENT:
+                statement = statement.where(patient_visible_clause(query.access))
+            else:
+                statement = statement.where(study_visible_clause(query.access))
         for condition in query.sql_conditions:
             if _LEVEL_DEPTH[_condition_level(condition)] > _LEVEL_DEPTH[query.level]:
                 continue  # keys below the query level are not matched (PS3.4 C.4.1.1.3.1)
-            statement = statement.where(condition_clause(condition))
+            statement = statement.where(condition_clause(condition, patient_studies))
         table = _LEVEL_TABLE[query.level]
         statement = statement.order_by(table.c.pk)
         header_conditions = query.header_conditions
@@ -170,15 +212,18 @@ class IndexSearch:
         paginate_in_sql = not header_conditions
         if paginate_in_sql:
             if query.offset:
-                statement = statement.offset(query.offset)
+                statement = statement.offset(min(query.offset, SQL_INTEGER_MAX))
             if query.limit is not None:
-                statement = statement.limit(query.limit)
+                statement = statement.limit(min(query.limit, SQL_INTEGER_MAX))
         with self.engine.connect() as connection:
             rows = connection.execute(statement).mappings().all()
             headers: dict[int, dict[str, Any]] = {}
             if needs_header and rows:
                 headers = self._headers(
-                    connection, query.level, [int(r["pk"]) for r in _level_rows(rows, query.level)]
+                    connection,
+                    query.level,
+                    [int(r["pk"]) for r in _level_rows(rows, query.level)],
+                    query.access,
                 )
         skipped = 0
         produced = 0
@@ -197,8 +242,11 @@ class IndexSearch:
             produced += 1
             yield _build_result(query, row, header)
 
-    def _headers(self, connection: Any, level: Level, pks: list[int]) -> dict[int, dict[str, Any]]:
-        """Stored header of the first instance of each entity, keyed by entity pk."""
+    def _headers(
+        self, connection: Any, level: Level, pks: list[int], access: StudyAccess | None = None
+    ) -> dict[int, dict[str, Any]]:
+        """Stored header of the first instance of each entity, keyed by entity pk (for a
+        patient, of its first visible study when ``access`` restricts)."""
         result: dict[int, dict[str, Any]] = {}
         for start in range(0, len(pks), 500):
             chunk = pks[start : start + 500]
@@ -212,16 +260,17 @@ class IndexSearch:
                     Level.STUDY: studies.c.pk,
                     Level.PATIENT: patients.c.pk,
                 }[level]
-                first = (
+                first_select = (
                     select(entity.label("entity"), func.min(instances.c.pk).label("first"))
                     .select_from(instances)
                     .join(series, instances.c.series_pk == series.c.pk)
                     .join(studies, series.c.study_pk == studies.c.pk)
                     .join(patients, studies.c.patient_pk == patients.c.pk)
                     .where(entity.in_(chunk), instances.c.is_latest.is_(True))
-                    .group_by(entity)
-                    .subquery()
                 )
+                if access is not None and level is Level.PATIENT:
+                    first_select = first_select.where(study_visible_clause(access))
+                first = first_select.group_by(entity).subquery()
                 statement = select(first.c.entity, instances.c.dicom_json).join(
                     first, instances.c.pk == first.c.first
                 )
@@ -323,6 +372,8 @@ def _computed_value(tag: int, row: Any, level: Level) -> dict[str, Any] | None:
     if tag == 0x00201209 and depth >= 2:
         return _element("IS", [row[series.c.number_of_instances]])
     if tag == 0x00201200:
+        if _VISIBLE_PATIENT_STUDIES in row:
+            return _element("IS", [row[_VISIBLE_PATIENT_STUDIES]])
         return _element("IS", [row[patients.c.number_of_studies]])
     return None
 
@@ -344,6 +395,7 @@ def retrievable_select(
     study_uids: tuple[str, ...] = (),
     series_uids: tuple[str, ...] = (),
     sop_instance_uids: tuple[str, ...] = (),
+    access: StudyAccess | None = None,
 ) -> Select[Any]:
     statement = (
         select(
@@ -376,6 +428,8 @@ def retrievable_select(
         statement = statement.where(series.c.series_instance_uid.in_(series_uids))
     if sop_instance_uids:
         statement = statement.where(instances.c.sop_instance_uid.in_(sop_instance_uids))
+    if access is not None:
+        statement = statement.where(study_visible_clause(access))
     return statement
 
 
@@ -386,8 +440,10 @@ def find_retrievable(
     study_uids: tuple[str, ...] = (),
     series_uids: tuple[str, ...] = (),
     sop_instance_uids: tuple[str, ...] = (),
+    access: StudyAccess | None = None,
 ) -> list[RetrievableInstance]:
-    """Instances under the given entities (the unique keys of a C-MOVE/C-GET/WADO request)."""
+    """Instances under the given entities (the unique keys of a C-MOVE/C-GET/WADO request);
+    with ``access``, only those of studies the principal may see."""
     if not (patient_ids or study_uids or series_uids or sop_instance_uids):
         return []
     statement = retrievable_select(
@@ -395,6 +451,7 @@ def find_retrievable(
         study_uids=study_uids,
         series_uids=series_uids,
         sop_instance_uids=sop_instance_uids,
+        access=access,
     )
     with engine.connect() as connection:
         return [RetrievableInstance(*row) for row in connection.execute(statement)]

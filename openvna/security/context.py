@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 
 from openvna.config import Settings
 from openvna.security.audit import AuditTrail, NullAuditTrail
+from openvna.security.audit.chain import ChainedAuditTrail
 from openvna.security.authn import Authenticator
 from openvna.security.authz import Authorizer
 
@@ -29,7 +30,9 @@ class SecurityContext:
 
 def build_security(settings: Settings, engine: Engine) -> SecurityContext:
     """Everything the adapters of one process need to authenticate, authorise, audit."""
-    audit: AuditTrail = NullAuditTrail()  # the audit work plugs the hash chain in here
+    audit: AuditTrail = (
+        ChainedAuditTrail(settings, engine) if settings.security.audit.enabled else NullAuditTrail()
+    )
     return SecurityContext(
         settings, Authenticator(settings, engine), Authorizer(settings, engine), audit
     )

@@ -18,7 +18,7 @@ import copy
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,8 +133,17 @@ class WorkitemService:
             raise no_such_workitem(uid)
         return wi.public_view(row.dataset)
 
-    def search(self, parameters: Iterable[tuple[str, str]], *, max_results: int) -> SearchResult:
-        """C-FIND on the worklist (PS3.18 11.9): whole workitems in worklist order."""
+    def search(
+        self,
+        parameters: Iterable[tuple[str, str]],
+        *,
+        max_results: int,
+        visible: Callable[[Json], bool] | None = None,
+    ) -> SearchResult:
+        """C-FIND on the worklist (PS3.18 11.9): whole workitems in worklist order.
+
+        ``visible`` hides workitems from a restricted principal before paging, so that
+        offset, limit and "more results" count only what it may see."""
         query = parse_search(parameters, max_results)
         found: list[Json] = []
         skipped = 0
@@ -142,6 +151,8 @@ class WorkitemService:
         with self.engine.connect() as connection:
             for row in repo.candidates(connection, query.columns):
                 if not query.matches(row.dataset):
+                    continue
+                if visible is not None and not visible(row.dataset):
                     continue
                 if skipped < query.offset:
                     skipped += 1

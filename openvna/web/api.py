@@ -1,61 +1,19 @@
-"""OpenAPI description of the REST endpoints under ``/api`` (not DICOMweb).
+"""The archive's own REST endpoints under ``/api`` (not DICOMweb): the study list, and
+their OpenAPI description (:mod:`openvna.web.openapi`, re-exported here).
 
 DICOMweb is described by PS3.18 and by the capabilities document at
-``OPTIONS /dicom-web``; the archive's own REST endpoints are described here, generated
-from the routes so that an endpoint cannot be added without appearing in it.
+``OPTIONS /dicom-web``; the REST endpoints by ``/api/openapi.json``, generated from the
+routes so that an endpoint cannot be added without appearing in it.
 """
 
 from __future__ import annotations
 
-import inspect
-import re
 from typing import Any
 
-from starlette.routing import BaseRoute, Route
-
-from openvna import __version__
 from openvna.archive.attributes import Level
 from openvna.archive.query import Query, build_condition, resolve_attribute
 from openvna.errors import QueryError
-
-
-def openapi_document(routes: list[BaseRoute], prefix: str = "") -> dict[str, Any]:
-    """OpenAPI 3.1 paths for ``routes``: each operation's summary is its docstring."""
-    paths: dict[str, dict[str, Any]] = {}
-    for route in routes:
-        if not isinstance(route, Route):
-            continue
-        doc = inspect.getdoc(route.endpoint) or ""
-        summary, _, description = doc.partition("\n\n")
-        for method in sorted(route.methods or ()):
-            if method == "HEAD":
-                continue
-            operation: dict[str, Any] = {
-                "summary": summary.replace("\n", " "),
-                "operationId": f"{method.lower()}_{route.name}",
-                "responses": {
-                    "200": {
-                        "description": "OK",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    }
-                },
-            }
-            if description:
-                operation["description"] = description
-            # OpenAPI path templates name parameters only: {pk:int} -> {pk}
-            path = re.sub(r"{(\w+):\w+}", r"{\1}", prefix + route.path)
-            paths.setdefault(path, {})[method.lower()] = operation
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "OpenVNA REST API",
-            "version": __version__,
-            "description": "Archive status and administration. DICOMweb (PS3.18) is served "
-            "under /dicom-web; see OPTIONS /dicom-web for what it supports.",
-        },
-        "paths": paths,
-    }
-
+from openvna.web.openapi import openapi_document
 
 STUDY_LIST_FILTERS = (
     "PatientID",
@@ -125,3 +83,6 @@ def study_summary(result: dict[str, Any]) -> dict[str, Any]:
         else:
             summary[name] = str(values[0]) if values else ""
     return summary
+
+
+__all__ = ["STUDY_LIST_FILTERS", "openapi_document", "study_list_query", "study_summary"]

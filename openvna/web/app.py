@@ -8,7 +8,7 @@ its OpenAPI description at ``/api/openapi.json``) and the OHIF viewer at ``/view
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -23,15 +23,19 @@ from openvna import __version__
 from openvna.archive.service import Archive
 from openvna.config import HttpSettings
 from openvna.errors import BadRequestError, OpenVNAError, QueryError
-from openvna.web import ai_api, viewer
+from openvna.security.errors import AccessDenied
+from openvna.web import access_api, ai_api, audit_api, auth_api, login, user_admin_api, viewer
+from openvna.web.access import study_access
 from openvna.web.api import openapi_document, study_list_query, study_summary
 from openvna.web.dicomweb import capabilities, frames, qido, stow, ups, wado, wado_uri
 from openvna.web.dicomweb.context import DICOMWEB_ROOT, DicomWebContext
 from openvna.web.errors import (
+    access_denied_handler,
     http_error_handler,
     openvna_error_handler,
     unexpected_error_handler,
 )
+from openvna.web.limits import LimitsMiddleware
 from openvna.web.security import SecurityMiddleware
 
 
@@ -53,7 +57,7 @@ def create_app(
 
     async def system(request: Request) -> Response:
         """Archive identity, where DICOM and DICOMweb clients connect, and counts."""
-        counts = await run_in_threadpool(archive.counts)
+        counts = await run_in_threadpool(archive.counts, study_access(request, archive))
         return JSONResponse(
             {
                 "name": "OpenVNA",
@@ -84,6 +88,7 @@ def create_app(
             query = study_list_query(dict(request.query_params), http.qido_max_results)
         except QueryError as error:
             raise BadRequestError(str(error)) from error
+        query = replace(query, access=study_access(request, archive))
         results = await run_in_threadpool(lambda: list(archive.search(query)))
         origin_url = context.viewer_url(request).removesuffix("/viewer")
         studies = []
@@ -111,6 +116,10 @@ def create_app(
         Route("/health", health, methods=["GET"]),
         Route("/studies", study_list, methods=["GET"]),
         *ai_api.routes(archive),
+        *access_api.routes(archive),
+        *audit_api.routes(archive),
+        *auth_api.routes(archive),
+        *user_admin_api.routes(archive),
     ]
 
     async def openapi(request: Request) -> Response:
@@ -137,11 +146,17 @@ def create_app(
                 routes=[Route("/", describe_dicomweb, methods=["OPTIONS"]), *dicomweb_routes],
             ),
             *wado_uri.routes(context),
-            *viewer.routes(http),
+            *login.routes(),
+            *viewer.routes(http, archive.settings.security.oidc),
         ],
-        middleware=[*middleware, Middleware(SecurityMiddleware, security=archive.security)],
+        middleware=[
+            *middleware,
+            Middleware(LimitsMiddleware, settings=archive.settings, security=archive.security),
+            Middleware(SecurityMiddleware, security=archive.security),
+        ],
         exception_handlers={
             OpenVNAError: openvna_error_handler,
+            AccessDenied: access_denied_handler,
             HTTPException: http_error_handler,
             Exception: unexpected_error_handler,
         },

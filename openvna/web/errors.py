@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from openvna.errors import OpenVNAError
+from openvna.security.errors import AccessDenied
 
 logger = logging.getLogger(__name__)
 
@@ -43,3 +44,12 @@ async def http_error_handler(request: Request, error: Exception) -> Response:
 async def unexpected_error_handler(request: Request, error: Exception) -> Response:
     logger.exception("%s %s failed", request.method, request.url.path)
     return JSONResponse(error_body(500, f"internal error: {error}"), status_code=500)
+
+
+async def access_denied_handler(request: Request, error: Exception) -> Response:
+    """A refusal raised inside a handler (most are raised before it, by the middleware)."""
+    assert isinstance(error, AccessDenied)
+    headers = {"WWW-Authenticate": 'Bearer realm="openvna"'} if error.status == 401 else None
+    return JSONResponse(
+        error_body(error.status, error.reason), status_code=error.status, headers=headers
+    )

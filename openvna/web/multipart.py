@@ -76,10 +76,17 @@ class MultipartParser:
     delimiter) is accepted, and a body that ends before its closing delimiter is an
     error, so that a truncated upload is never taken for a complete one.
 
+    Limits: the boundary (70 characters, RFC 2046), each part's header block
+    (``max_header_bytes``, 400 beyond), transport padding (1 KiB) and, when
+    ``max_parts`` is given (``security.limits.multipart_max_parts``), the number of
+    parts: the part past it is refused with 413 before its handler sees it.
+
     Raises (from :meth:`feed` and :meth:`finish`)
     ---------------------------------------------
     BadRequestError
         The body is not a well-formed multipart body.
+    RequestTooLargeError
+        More than ``max_parts`` parts.
     """
 
     _PREAMBLE, _AFTER_DELIMITER, _HEADERS, _BODY, _EPILOGUE = range(5)
@@ -90,10 +97,12 @@ class MultipartParser:
         handler: PartHandler,
         *,
         max_header_bytes: int = MAX_PART_HEADER_BYTES,
+        max_parts: int | None = None,
     ) -> None:
         self._delimiter = boundary_delimiter(boundary)
         self._handler = handler
         self._max_header_bytes = max_header_bytes
+        self._max_parts = max_parts
         # A CRLF in front of the body lets the first delimiter open the body directly.
         self._buffer = b"\r\n"
         self._state = self._PREAMBLE
@@ -184,6 +193,11 @@ class MultipartParser:
                     )
                 headers = parse_part_headers(buffer[position + 2 : header_end])
                 self.parts += 1
+                if self._max_parts is not None and self.parts > self._max_parts:
+                    raise RequestTooLargeError(
+                        f"multipart body holds more than {self._max_parts} parts "
+                        "(security.limits.multipart_max_parts)"
+                    )
                 self._handler.part_begin(headers)
                 position = header_end + 4
                 self._state = self._BODY

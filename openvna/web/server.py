@@ -1,8 +1,15 @@
-"""Runs the HTTP application under uvicorn in a background thread of ``openvna serve``."""
+"""Runs the HTTP application under uvicorn in a background thread of ``openvna serve``.
+
+With TLS configured it serves HTTPS only, with OpenVNA's own server context (TLS 1.2+,
+AEAD suites: :mod:`openvna.security.tls`): uvicorn's ``ssl_*`` options build a context
+without a minimum version, so ours is handed over whole through ``ssl_context_factory``.
+"""
 
 from __future__ import annotations
 
+import logging
 import socket
+import ssl
 import threading
 import time
 
@@ -10,6 +17,8 @@ import uvicorn
 
 from openvna.errors import OpenVNAError
 from openvna.net import listening_socket
+
+logger = logging.getLogger(__name__)
 
 
 def http_listening_socket(host: str, port: int) -> socket.socket:
@@ -24,13 +33,20 @@ class HttpServer:
     """uvicorn on a socket bound before start, so the chosen port is known at once."""
 
     def __init__(
-        self, app: object, host: str, port: int, sock: socket.socket | None = None
+        self,
+        app: object,
+        host: str,
+        port: int,
+        sock: socket.socket | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._app = app
         self._host = host
         self._port = port
         self._sock = sock
         """A socket bound before a fork and shared by every server process."""
+        self._ssl_context = ssl_context
+        """HTTPS with this context (from openvna.security.tls); None: plain HTTP."""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -38,12 +54,16 @@ class HttpServer:
         """Bind, start serving in a thread and return the bound port."""
         sock = self._sock or http_listening_socket(self._host, self._port)
         port = int(sock.getsockname()[1])
+        ssl_context = self._ssl_context
         config = uvicorn.Config(
             self._app,  # type: ignore[arg-type]
             log_level="warning",
             access_log=False,
             lifespan="off",
             timeout_keep_alive=75,
+            ssl_context_factory=(
+                None if ssl_context is None else lambda _config, _default: ssl_context
+            ),
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -56,6 +76,8 @@ class HttpServer:
             time.sleep(0.01)
         if not server.started:
             raise OpenVNAError(f"the HTTP server did not start on {self._host}:{port}")
+        scheme = "https" if ssl_context is not None else "http"
+        logger.info("HTTP listening on %s:%d (%s)", self._host, port, scheme)
         return port
 
     def stop(self) -> None:

@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from openvna.config import HttpSettings
+from openvna.config import HttpSettings, OidcSettings
 from openvna.web.dicomweb.context import DICOMWEB_ROOT
 from openvna.web.dicomweb.wado_uri import WADO_PATH
 from openvna.web.errors import error_body
@@ -117,13 +117,40 @@ def study_viewer_url(base_url: str, study_uid: str) -> str:
     )
 
 
-def app_config_js() -> str:
+def oidc_config(oidc: OidcSettings | None) -> list[dict[str, object]] | None:
+    """OHIF's ``oidc`` setting when the viewer logs in through the identity provider.
+
+    Authorization code flow with PKCE (``response_type: code``, what OAuth 2.0 for
+    browser-based apps recommends; no client secret in the page). OHIF then sends the
+    access token as ``Authorization: Bearer`` to DICOMweb, which validates it like any
+    other bearer JWT. ``redirect_uri`` is relative to OHIF's ``routerBasename``
+    (``/viewer/callback``): register that URL at the provider. Without an issuer and a
+    client id: None, and the browser's session cookie (``/login``) carries the user.
+    """
+    if oidc is None or not oidc.issuer or not oidc.client_id:
+        return None
+    return [
+        {
+            "authority": oidc.issuer,
+            "client_id": oidc.client_id,
+            "redirect_uri": "/callback",
+            "response_type": "code",
+            "scope": "openid profile email",
+            "post_logout_redirect_uri": "/",
+            "automaticSilentRenew": True,
+            "revokeAccessTokenOnSignout": True,
+        }
+    ]
+
+
+def app_config_js(oidc: OidcSettings | None = None) -> str:
     """OHIF's ``window.config`` for this archive: one DICOMweb source, this origin.
 
     ``window.location.origin`` rather than ``http.public_url``: the page itself was
     loaded from the archive, so its origin is the one address that certainly works
     for this browser (and needs no CORS). No telemetry, no public demo server, no
-    URL-driven configuration (``dangerouslyUseDynamicConfig`` stays off).
+    URL-driven configuration (``dangerouslyUseDynamicConfig`` stays off). With an OIDC
+    provider and client id configured, OHIF's ``oidc`` login (:func:`oidc_config`).
     """
     source = {
         "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
@@ -159,6 +186,9 @@ def app_config_js() -> str:
         "defaultDataSourceName": "openvna",
         "dataSources": [source],
     }
+    login = oidc_config(oidc)
+    if login is not None:
+        config["oidc"] = login
     roots = (
         f"  source.qidoRoot = archive + {json.dumps(DICOMWEB_ROOT)};\n"
         f"  source.wadoRoot = archive + {json.dumps(DICOMWEB_ROOT)};\n"
@@ -281,7 +311,7 @@ def _not_modified(request: Request, etag: str) -> bool:
     return etag in tags or "*" in tags
 
 
-def routes(http: HttpSettings) -> list[BaseRoute]:
+def routes(http: HttpSettings, oidc: OidcSettings | None = None) -> list[BaseRoute]:
     """``/viewer`` (redirect), ``/viewer/app-config.js`` and the dist with SPA fallback.
 
     A path that is no file of the dist and does not look like one (no known file
@@ -304,7 +334,7 @@ def routes(http: HttpSettings) -> list[BaseRoute]:
         if not installed(http):
             return not_installed()
         return Response(
-            app_config_js(),
+            app_config_js(oidc),
             media_type=_MEDIA_TYPES[".js"],
             headers={"Cache-Control": REVALIDATE},
         )

@@ -88,6 +88,22 @@ def test_openapi_describes_every_api_route(loaded: ArchiveProcess):
         "/api/ai/runs/{pk}/fhir",
         "/api/ai/results",
         "/api/ai/results/{uid}/reject",
+        "/api/auth/login",
+        "/api/auth/logout",
+        "/api/auth/me",
+        "/api/auth/setup",
+        "/api/auth/mfa/enroll",
+        "/api/auth/mfa/confirm",
+        "/api/users",
+        "/api/users/{username}",
+        "/api/users/{username}/mfa-reset",
+        "/api/apikeys",
+        "/api/apikeys/{key_id}",
+        "/api/access/grants",
+        "/api/access/grants/{pk}",
+        "/api/access/break-glass",
+        "/api/audit/events",
+        "/api/audit/verify",
     }
     assert document["paths"]["/api/studies"]["get"]["summary"].startswith("Studies with links")
     assert set(document["paths"]["/api/ai/jobs"]) == {"get", "post"}

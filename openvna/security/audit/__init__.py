@@ -35,6 +35,30 @@ class AuditEventId(StrEnum):
     SECURITY_ALERT = "110113"
     USER_AUTHENTICATION = "110114"
 
+    @property
+    def meaning(self) -> str:
+        """The code meaning of CID 400, written as ``originalText`` in every message."""
+        return _EVENT_MEANINGS[self]
+
+
+_EVENT_MEANINGS = {
+    AuditEventId.APPLICATION_ACTIVITY: "Application Activity",
+    AuditEventId.AUDIT_LOG_USED: "Audit Log Used",
+    AuditEventId.BEGIN_TRANSFERRING: "Begin Transferring DICOM Instances",
+    AuditEventId.INSTANCES_ACCESSED: "DICOM Instances Accessed",
+    AuditEventId.INSTANCES_TRANSFERRED: "DICOM Instances Transferred",
+    AuditEventId.STUDY_DELETED: "DICOM Study Deleted",
+    AuditEventId.EXPORT: "Export",
+    AuditEventId.IMPORT: "Import",
+    AuditEventId.NETWORK_ENTRY: "Network Entry",
+    AuditEventId.ORDER_RECORD: "Order Record",
+    AuditEventId.PATIENT_RECORD: "Patient Record",
+    AuditEventId.PROCEDURE_RECORD: "Procedure Record",
+    AuditEventId.QUERY: "Query",
+    AuditEventId.SECURITY_ALERT: "Security Alert",
+    AuditEventId.USER_AUTHENTICATION: "User Authentication",
+}
+
 
 class Outcome:
     """EventOutcomeIndicator (RFC 3881)."""
@@ -62,6 +86,8 @@ class StudyRef:
     patient_id: str = ""
     patient_name: str = ""
     sop_classes: tuple[tuple[str, int], ...] = ()  # (SOP Class UID, number of instances)
+    accession_number: str = ""
+    description: str = ""  # Study Description: the ParticipantObjectName of the study
 
 
 @dataclass(frozen=True)
@@ -69,8 +95,10 @@ class AuditEvent:
     """One audit message before it is rendered to XML.
 
     ``requestor`` is the principal that caused the event; ``source`` and
-    ``destination`` name the other active participants (an AE title or URL with its
-    address) where the event moved data.
+    ``destination`` name the other active participants where the event moved data:
+    ``""`` is the archive itself, :data:`REQUESTOR` the requestor, ``"AE:<title>@<host>"``
+    a DICOM application entity, anything else (a URL, a path) is named as given.
+    ``recorded_at`` is when the event happened (EventDateTime), not when it was written.
     """
 
     event_id: AuditEventId
@@ -87,6 +115,19 @@ class AuditEvent:
     query_sop_class: str = ""
     description: str = ""  # EventOutcomeDescription, free text
     recorded_at: float = field(default_factory=time.time)
+    query_data: bytes = b""  # the query as encoded on the wire (C-FIND identifier)
+    query_transfer_syntax: str = ""  # transfer syntax of ``query_data``
+    resource: str = ""  # what the event concerns (a URI; the subject of a security alert)
+    claimed_user: str = ""  # the user name given when no principal was authenticated
+
+
+REQUESTOR = "@requestor"
+"""``source`` / ``destination`` value naming the requestor as that participant."""
+
+
+def dicom_party(ae_title: str, address: str) -> str:
+    """The ``source`` / ``destination`` form of a DICOM application entity."""
+    return f"AE:{ae_title.strip()}@{address}"
 
 
 class AuditTrail(Protocol):
@@ -94,8 +135,9 @@ class AuditTrail(Protocol):
 
     def record(self, event: AuditEvent) -> None: ...
 
-    def flush(self) -> None:
-        """Wait until every event recorded so far is in the local chain."""
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every event recorded so far is in the local chain (at most
+        ``timeout`` seconds when given)."""
         ...
 
     def close(self) -> None: ...
@@ -107,7 +149,7 @@ class NullAuditTrail:
     def record(self, event: AuditEvent) -> None:
         return None
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         return None
 
     def close(self) -> None:

@@ -40,6 +40,8 @@ from openvna.archive.rendering import (
     render,
 )
 from openvna.errors import BadRequestError, NotAcceptableError
+from openvna.security.permissions import Permission
+from openvna.web.access import require_study
 from openvna.web.dicomweb.context import DicomWebContext
 from openvna.web.dicomweb.media import (
     MediaRange,
@@ -153,17 +155,20 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
     store = context.archive.pixels
     instance_path = "/studies/{study}/series/{series}/instances/{instance}"
 
-    def uids(request: Request) -> tuple[str, str, str]:
+    async def uids(request: Request) -> tuple[str, str, str]:
+        """The path's UIDs, once the study is known to be visible to the principal."""
         params = request.path_params
-        return (
+        checked = (
             check_uid(params["study"], "Study Instance UID"),
             check_uid(params["series"], "Series Instance UID"),
             check_uid(params["instance"], "SOP Instance UID"),
         )
+        await require_study(request, context.archive, Permission.READ, checked[0])
+        return checked
 
     async def retrieve_frames(request: Request) -> Response:
         """PS3.18 10.4: frames of one instance."""
-        study, series, instance = uids(request)
+        study, series, instance = await uids(request)
         numbers = parse_frame_list(request.path_params["frames"])
         accept = _accept(request)
         location = context.instance_url(request, study, series, instance) + "/frames/"
@@ -176,7 +181,7 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
 
     async def rendered(request: Request) -> Response:
         """PS3.18 10.4: rendered instance (first frame) or rendered frames."""
-        study, series, instance = uids(request)
+        study, series, instance = await uids(request)
         frames = request.path_params.get("frames")
         numbers = parse_frame_list(frames) if frames is not None else [1]
         options = render_options(request)
@@ -199,6 +204,7 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         frames = params.get("frames")
         number = parse_frame_list(frames)[0] if frames is not None else 1
         options = render_options(request, thumbnail=True)
+        await require_study(request, context.archive, Permission.READ, study)
 
         def work() -> bytes:
             if instance is not None and series is not None:

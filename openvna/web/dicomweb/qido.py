@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from openvna.archive.attributes import Level
 from openvna.archive.query import Condition, Query, build_condition, resolve_attribute
 from openvna.errors import BadRequestError, QueryError
+from openvna.web.access import study_access
 from openvna.web.dicomweb.context import DicomWebContext, resource_url
 from openvna.web.dicomweb.media import DICOM_JSON, negotiate, parse_accept
 
@@ -244,6 +245,11 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
             parsed = parse_search(scope, parameters, max_results)
         except QueryError as error:
             raise BadRequestError(f"invalid QIDO-RS query: {error}") from error
+        # Hidden studies are filtered in SQL, before limit/offset: counts, paging and the
+        # "more results" warning only ever reflect what this principal may see.
+        access = study_access(request, archive)
+        if access is not None:
+            parsed = SearchRequest(replace(parsed.query, access=access), parsed.requested_limit)
         results, truncated = await run_in_threadpool(run_search, request, parsed)
         headers = {}
         if truncated:

@@ -36,7 +36,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from openvna.archive.header import is_valid_uid
+from openvna.archive.header import is_valid_uid, read_file_meta_info_from
 from openvna.archive.ingest import ExpectedIdentity, Origin
 from openvna.errors import (
     BadRequestError,
@@ -44,6 +44,7 @@ from openvna.errors import (
     RequestTooLargeError,
     UnsupportedMediaTypeError,
 )
+from openvna.security.audit.http import study_refs
 from openvna.web.dicomweb.context import DicomWebContext
 from openvna.web.dicomweb.media import (
     DICOM,
@@ -153,7 +154,10 @@ class _StoreTransaction:
         self.outcomes: dict[tuple[int, int], InstanceOutcome] = {}
 
     async def run(self, body: AsyncIterator[bytes], decoder: BodyDecoder) -> list[InstanceOutcome]:
-        receiver = Receiver(decoder, self._form.boundary, self._form.part_type, self._directory)
+        max_parts = self._archive.settings.security.limits.multipart_max_parts
+        receiver = Receiver(
+            decoder, self._form.boundary, self._form.part_type, self._directory, max_parts
+        )
         deferred: list[ReceivedPart] = []
         error: Exception | None = None
         limiter = anyio.Semaphore(PIPELINE)
@@ -286,6 +290,15 @@ def _identify(source: BinaryIO) -> dict[str, str]:
     """
     try:
         source.seek(0)
+        if source.read(132)[128:132] == b"DICM":
+            meta = read_file_meta_info_from(source)
+            if str(meta.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
+                # pydicom inflates a Deflated data set whole: a bomb would fill memory here
+                return {
+                    "SOPClassUID": str(meta.get("MediaStorageSOPClassUID", "") or "").strip(),
+                    "SOPInstanceUID": str(meta.get("MediaStorageSOPInstanceUID", "") or "").strip(),
+                }
+        source.seek(0)
         dataset = dcmread(
             source,
             stop_before_pixels=True,
@@ -329,6 +342,9 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
             context, directory, form, study_uid, Origin(protocol="STOW-RS", remote_address=host)
         )
         outcomes = await transaction.run(request.stream(), decoder)
+        request.state.audit_studies = study_refs(
+            (o.study_instance_uid, o.sop_class_uid) for o in outcomes if o.stored
+        )
         dataset = response_dataset(context, request, study_uid, outcomes)
         if media_type == DICOM_XML:
             content = dicom_json_to_xml(dataset).encode("utf-8")

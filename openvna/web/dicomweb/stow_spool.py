@@ -125,13 +125,20 @@ class Receiver:
     """
 
     def __init__(
-        self, decoder: BodyDecoder, boundary: str | None, default_type: str, directory: Path
+        self,
+        decoder: BodyDecoder,
+        boundary: str | None,
+        default_type: str,
+        directory: Path,
+        max_parts: int | None = None,
     ) -> None:
         self._decoder = decoder
         self._default_type = default_type
         self._directory = directory
         self._budget = _MemoryBudget(REQUEST_MEMORY)
-        self._parser = MultipartParser(boundary, self) if boundary is not None else None
+        self._parser = (
+            MultipartParser(boundary, self, max_parts=max_parts) if boundary is not None else None
+        )
         self._current: ReceivedPart | None = None
         self._complete: list[ReceivedPart] = []
         self._count = 0

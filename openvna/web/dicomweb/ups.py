@@ -8,6 +8,10 @@ status, so a client sees both the standard's words and the reason.
 Event reports travel on the Notification Connection (PS3.18 8.10.4, 11.13): a WebSocket
 at ``/dicom-web/ws/subscribers/{aetitle}``. HTTP may run in several processes (and nodes),
 so the socket polls the shared event log rather than waiting on an in-process signal.
+
+A principal restricted to some studies (:mod:`openvna.security.authz`) sees only the
+workitems of studies it may see: a search skips the others before paging, a workitem of
+a hidden study answers exactly as a missing one, and its event reports are not sent.
 """
 
 from __future__ import annotations
@@ -26,10 +30,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from openvna.archive.service import Archive
 from openvna.errors import RequestTooLargeError, UnsupportedMediaTypeError
+from openvna.index import access_repository
+from openvna.security.authz import StudyAccess
 from openvna.ups import events
+from openvna.ups import workitem as wi
 from openvna.ups.service import WorkitemService, check_ae_title
-from openvna.ups.states import UpsError
+from openvna.ups.states import UpsError, no_such_workitem
+from openvna.web.access import study_access
 from openvna.web.dicomweb.context import DicomWebContext
 from openvna.web.dicomweb.media import DICOM_JSON, negotiate, parse_accept
 from openvna.web.errors import error_body
@@ -113,10 +122,47 @@ def _deletion_lock(request: Request) -> bool:
     return value == "true"
 
 
+class WorkitemVisibility:
+    """Which workitems a restricted principal sees: those whose study it may see
+    (a workitem naming no study concerns no study it was granted, so it is hidden).
+    Answers are remembered per study for the life of one request or socket."""
+
+    def __init__(self, archive: Archive, access: StudyAccess) -> None:
+        self._archive = archive
+        self._access = access
+        self._studies: dict[str, bool] = {}
+
+    def study_visible(self, study_uid: str) -> bool:
+        if study_uid not in self._studies:
+            self._studies[study_uid] = bool(study_uid) and access_repository.is_study_visible(
+                self._archive.engine, self._access, study_uid
+            )
+        return self._studies[study_uid]
+
+    def workitem_visible(self, dataset: dict[str, Any]) -> bool:
+        return self.study_visible(wi.study_of(dataset))
+
+
 def routes(context: DicomWebContext) -> list[BaseRoute]:
     """UPS-RS routes relative to the DICOMweb root (``/dicom-web``)."""
     service = WorkitemService(context.archive.engine)
     max_results = context.http.qido_max_results
+    archive = context.archive
+
+    def visibility(request: Request | WebSocket) -> WorkitemVisibility | None:
+        access = study_access(request, archive)
+        return None if access is None else WorkitemVisibility(archive, access)
+
+    async def require_visible(request: Request, uid: str) -> None:
+        """A workitem of a hidden study answers as one that does not exist (404)."""
+        if uid in wi.SUBSCRIPTION_UIDS:
+            return
+        restriction = visibility(request)
+        if restriction is None:
+            return
+        dataset = await run_in_threadpool(service.retrieve, uid)
+        if not await run_in_threadpool(restriction.workitem_visible, dataset):
+            raise no_such_workitem(uid)
 
     def workitem_url(request: Request, uid: str) -> str:
         return f"{context.base_url(request)}/workitems/{uid}"
@@ -143,7 +189,14 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         11.9.3-1)."""
         negotiate(parse_accept(request.headers.get("accept")), _JSON_TYPES)
         parameters = request.query_params.multi_items()
-        result = await run_in_threadpool(service.search, parameters, max_results=max_results)
+        restriction = visibility(request)
+        result = await run_in_threadpool(
+            lambda: service.search(
+                parameters,
+                max_results=max_results,
+                visible=None if restriction is None else restriction.workitem_visible,
+            )
+        )
         if not result.workitems:
             return Response(status_code=204)
         headers = {}
@@ -157,12 +210,14 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         """Retrieve Workitem (PS3.18 11.5), without its Transaction UID."""
         negotiate(parse_accept(request.headers.get("accept")), _JSON_TYPES)
         uid = request.path_params["workitem"]
+        await require_visible(request, uid)
         dataset = await run_in_threadpool(service.retrieve, uid)
         return _dicom_json([dataset], headers={"Content-Location": workitem_url(request, uid)})
 
     async def update(request: Request) -> Response:
         """Update Workitem (PS3.18 11.6); the owner names its Transaction UID."""
         uid = request.path_params["workitem"]
+        await require_visible(request, uid)
         payload = await _json_payload(request, required=True)
         transaction_uid = _query_uid(request, "transaction-uid")
         await run_in_threadpool(service.update, uid, payload, transaction_uid=transaction_uid)
@@ -171,6 +226,7 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
     async def change_state(request: Request) -> Response:
         """Change Workitem State (PS3.18 11.7): claim, complete, cancel."""
         uid = request.path_params["workitem"]
+        await require_visible(request, uid)
         payload = await _json_payload(request, required=True)
         outcome = await run_in_threadpool(service.change_state, uid, payload)
         headers = {"Warning": warning(outcome.warning)} if outcome.warning else {}
@@ -179,6 +235,7 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
     async def cancel_request(request: Request) -> Response:
         """Request Cancellation (PS3.18 11.8): 202, the owner decides."""
         uid = request.path_params["workitem"]
+        await require_visible(request, uid)
         payload = await _json_payload(request, required=False)
         outcome = await run_in_threadpool(service.request_cancellation, uid, payload)
         headers = {"Warning": warning(outcome.warning)} if outcome.warning else {}
@@ -188,6 +245,7 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         """Subscribe (PS3.18 11.10): 201, Content-Location names the WebSocket."""
         uid = request.path_params["workitem"]
         aet = request.path_params["aetitle"]
+        await require_visible(request, uid)
         await run_in_threadpool(
             service.subscribe,
             aet,
@@ -199,6 +257,7 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
 
     async def unsubscribe(request: Request) -> Response:
         """Unsubscribe (PS3.18 11.11)."""
+        await require_visible(request, request.path_params["workitem"])
         await run_in_threadpool(
             service.unsubscribe, request.path_params["aetitle"], request.path_params["workitem"]
         )
@@ -221,6 +280,22 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         except UpsError:
             await websocket.close(code=1008)
             return
+        restriction = visibility(websocket)
+        workitem_studies: dict[str, bool] = {}
+
+        def reportable(workitem_uid: str) -> bool:
+            """Reports on workitems of hidden studies are not sent (checked once each)."""
+            if restriction is None:
+                return True
+            if workitem_uid not in workitem_studies:
+                try:
+                    dataset = service.retrieve(workitem_uid)
+                except UpsError:
+                    workitem_studies[workitem_uid] = False
+                else:
+                    workitem_studies[workitem_uid] = restriction.workitem_visible(dataset)
+            return workitem_studies[workitem_uid]
+
         # The log position is taken before the handshake completes: a client that
         # subscribes or acts as soon as it is connected must get every later report.
         settled = await run_in_threadpool(service.last_event_pk)
@@ -232,6 +307,11 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
                 batch = await run_in_threadpool(service.events_for, aet, settled)
                 for event in batch:
                     if event.pk in sent:
+                        continue
+                    if restriction is not None and not await run_in_threadpool(
+                        reportable, event.workitem_uid
+                    ):
+                        sent[event.pk] = event.created_at
                         continue
                     report = events.event_report(
                         event.workitem_uid, event.event_type_id, event.information, event.pk

@@ -40,6 +40,9 @@ from openvna.errors import (
 from openvna.index.metadata import iter_headers
 from openvna.index.pixels import PixelSource, find_pixel_source
 from openvna.index.search import RetrievableInstance
+from openvna.security.audit.http import study_refs
+from openvna.security.permissions import Permission
+from openvna.web.access import require_study, study_access
 from openvna.web.dicomweb.context import DicomWebContext, resource_url
 from openvna.web.dicomweb.media import (
     DICOM,
@@ -183,15 +186,20 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
     ) -> Response:
         accept = parse_accept(request.headers.get("accept"))
         multipart, ranges = _dicom_ranges(accept, single_instance=instance is not None)
+        access = study_access(request, archive)
         found = await to_thread.run_sync(
             lambda: archive.find_retrievable(
                 study_uids=(study,),
                 series_uids=(series,) if series else (),
                 sop_instance_uids=(instance,) if instance else (),
+                access=access,
             )
         )
         if not found:
             raise NotFoundError(_not_found(study, series, instance))
+        request.state.audit_studies = study_refs(
+            (i.study_instance_uid, i.sop_class_uid) for i in found
+        )
         plan = plan_transfer_syntaxes(found, ranges)
         if not multipart:
             part = plan[0]
@@ -199,7 +207,9 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
             if part.target_transfer_syntax is None:
                 headers["Content-Length"] = str(part.instance.size_bytes)
                 return StreamingResponse(
-                    stream_file(part.instance.storage_key, part.instance.size_bytes),
+                    await _started(
+                        stream_file(part.instance.storage_key, part.instance.size_bytes)
+                    ),
                     headers=headers,
                 )
             data = await to_thread.run_sync(
@@ -249,7 +259,7 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
             length = sum(len(h) for h in part_headers) + len(closing)
             length += sum(part.instance.size_bytes for part in plan)
             headers["Content-Length"] = str(length)
-        return StreamingResponse(body(), headers=headers)
+        return StreamingResponse(await _started(body()), headers=headers)
 
     async def retrieve_resource(request: Request) -> Response:
         """Study, series or instance retrieve: the path holds one, two or three UIDs."""
@@ -293,6 +303,7 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         request: Request, study: str, series: str | None = None, instance: str | None = None
     ) -> Response:
         negotiate(parse_accept(request.headers.get("accept")), [DICOM_JSON, "application/json"])
+        await require_study(request, archive, Permission.READ, study)
         base = context.base_url(request)
         chunks = metadata_chunks(base, study, series, instance)
         first = await to_thread.run_sync(next, chunks)  # 404 before the response starts
@@ -319,6 +330,7 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         params = request.path_params
         study, series, instance = params["study"], params["series"], params["instance"]
         tag = _parse_tag(params["tag"])
+        await require_study(request, archive, Permission.READ, study)
         location = await to_thread.run_sync(
             find_pixel_source, archive.engine, study, series, instance
         )
@@ -422,6 +434,23 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
             methods=["GET"],
         ),
     ]
+
+
+async def _started(
+    body: AsyncIterator[bytes | memoryview],
+) -> AsyncIterator[bytes | memoryview]:
+    """``body`` with its first piece read before the response starts: an instance that
+    fails there (encrypted storage checks integrity as it reads) answers an error status
+    instead of a 200 cut short. Small instances are read whole in that first piece."""
+    first = await anext(body, None)
+
+    async def chained() -> AsyncIterator[bytes | memoryview]:
+        if first is not None:
+            yield first
+        async for piece in body:
+            yield piece
+
+    return chained()
 
 
 def _not_found(study: str, series: str | None, instance: str | None) -> str:

@@ -31,7 +31,9 @@ from openvna.archive.rendering import GIF, JPEG, PNG, RenderOptions, Viewport, W
 from openvna.archive.transcode import can_produce, transcode
 from openvna.errors import BadRequestError, NotAcceptableError, NotFoundError
 from openvna.index.pixels import PixelSource
+from openvna.security.permissions import Permission
 from openvna.storage.base import Storage
+from openvna.web.access import require_study
 from openvna.web.dicomweb.context import DicomWebContext
 from openvna.web.dicomweb.frames import check_uid, render_image, single_parameter
 from openvna.web.dicomweb.media import DICOM, negotiate, parse_accept
@@ -116,9 +118,16 @@ def _stored_file(storage: Storage, source: PixelSource) -> Response:
     if path is not None:
         return FileResponse(path, media_type=DICOM, filename=filename)
     size = storage.size(source.storage_key)
+    stored = storage.open(source.storage_key)
+    try:  # read before the response starts: a failed integrity check answers an error
+        first = stored.read(_CHUNK)
+    except BaseException:
+        stored.close()
+        raise
 
     def chunks() -> Iterator[bytes]:
-        with storage.open(source.storage_key) as stored:
+        with stored:
+            yield first
             while chunk := stored.read(_CHUNK):
                 yield chunk
 
@@ -155,6 +164,7 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
         study = _required_uid(request, "studyUID")
         series = _required_uid(request, "seriesUID")
         instance = _required_uid(request, "objectUID")
+        await require_study(request, context.archive, Permission.READ, study)
         if (single_parameter(request, "anonymize") or "").lower() == "yes":
             raise BadRequestError("anonymize=yes is not supported by this archive")
         content_type = single_parameter(request, "contentType")
@@ -169,7 +179,7 @@ def routes(context: DicomWebContext) -> list[BaseRoute]:
 
         if media_type == DICOM:
             if transfer_syntax is None or transfer_syntax == source.transfer_syntax_uid:
-                return _stored_file(storage, source)
+                return await run_in_threadpool(_stored_file, storage, source)
             if not can_produce(source.transfer_syntax_uid, transfer_syntax):
                 raise NotAcceptableError(
                     f"instance stored in {source.transfer_syntax_uid} cannot be sent in "
