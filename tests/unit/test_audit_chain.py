@@ -272,3 +272,23 @@ def test_audit_off_records_nothing(tmp_path: Path) -> None:
     security.close()
     assert rows(engine) == []
     assert not chain_key_path(tmp_path).exists()
+
+
+def test_repeated_reads_of_a_batch_become_one_record_and_queries_do_not() -> None:
+    from openvna.security.audit import events as audit_events
+    from openvna.security.audit.chain import coalesce
+    from openvna.security.principal import local_principal
+
+    reader = local_principal("10.0.0.9")
+    frame = audit_events.instances_transferred(
+        reader, "10.0.0.9", [StudyRef("1.2.3")], action="R", source="OPENVNA", destination="x"
+    )
+    other_study = audit_events.instances_transferred(
+        reader, "10.0.0.9", [StudyRef("1.2.4")], action="R", source="OPENVNA", destination="x"
+    )
+    query = audit_events.query(reader, "10.0.0.9", query_text="PatientID=1")
+    batch = [frame, query, frame, other_study, query, frame]
+    merged = coalesce(batch)
+    assert [event.event_id for event in merged] == ["110104", "110112", "110104", "110112"]
+    assert merged[0].description == "3 requests"
+    assert merged[2].studies == (StudyRef("1.2.4"),) and merged[2].description == ""

@@ -21,6 +21,7 @@ before returning, so a clean shutdown loses nothing.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -38,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from openvna.config import Settings
 from openvna.index.schema import archive_state, audit_log
-from openvna.security.audit import AuditEvent
+from openvna.security.audit import AuditEvent, AuditEventId
 from openvna.security.audit.studies import study_facts, with_facts
 from openvna.security.audit.xml import ArchiveIdentity, render, requestor_user_id
 
@@ -276,6 +277,39 @@ class AuditChain:
 # -- the trail adapters record into --------------------------------------------------------
 
 
+_COALESCED = frozenset({AuditEventId.INSTANCES_TRANSFERRED, AuditEventId.INSTANCES_ACCESSED})
+
+
+def coalesce(events: list[AuditEvent]) -> list[AuditEvent]:
+    """One record for retrievals of a batch that differ only in their time.
+
+    A viewer opening a study asks for each of its frames: hundreds of requests by one
+    user for one study within a fraction of a second, each classified as the same
+    Instances Transferred event. PS3.15 A.5.3 lets such a message stand for a set of
+    transfers; the record keeps the first time and says how many requests it covers,
+    and the writer renders and hashes one message instead of hundreds. Only reads
+    (Instances Transferred or Accessed, action R) are merged: each query, store and
+    security event stays a record of its own.
+    """
+    counts: dict[object, int] = {}
+    first: dict[object, AuditEvent] = {}
+    for position, event in enumerate(events):
+        mergeable = event.event_id in _COALESCED and event.action == "R"
+        key: object = dataclasses.replace(event, recorded_at=0.0) if mergeable else position
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, event)
+    merged = []
+    for key, event in first.items():
+        count = counts[key]
+        if count > 1:
+            note = f"{count} requests"
+            event = dataclasses.replace(
+                event, description=f"{event.description}; {note}" if event.description else note
+            )
+        merged.append(event)
+    return merged
+
+
 class ChainedAuditTrail:
     """:class:`~openvna.security.audit.AuditTrail` writing to the local hash chain."""
 
@@ -383,7 +417,7 @@ class ChainedAuditTrail:
         """
         if not events:
             return
-        entries = self._render(events)
+        entries = self._render(coalesce(events))
         delay = 0.1
         while True:
             try:
