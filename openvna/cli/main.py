@@ -283,11 +283,13 @@ def samples_load(
     samples_dir = settings.data_dir / "samples"
     if not samples_dir.is_dir():
         generate_samples(samples_dir, seed=seed)
-    archive, executor = open_archive(settings)
+    archive, executor = _open(settings)
     summary = ImportSummary()
     items = list(enumerate_items([samples_dir]))
     for item in items:
         import_item(archive, item, summary, settings.storage_dir / "tmp")
+    for event in summary.import_events(str(samples_dir)):
+        archive.security.audit.record(event)
     executor.shutdown()
     archive.close()
     console.print(

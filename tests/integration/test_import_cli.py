@@ -6,6 +6,7 @@ set bytes must be exactly the imported ones.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import re
@@ -146,6 +147,10 @@ def test_import_folder_then_reimport_is_all_duplicates(
     assert count(data_dir, "patients") == len({study.patient_id for study in studies})
     assert_stored_exactly(data_dir, files)
     keys_before = query(data_dir, "SELECT sop_instance_uid, storage_key, sha256 FROM instances")
+    # one Data Import audit record (DCM 110107) per imported study, by the command's user
+    imports = query(data_dir, "SELECT study_uids, user_id FROM audit_log WHERE event_id='110107'")
+    assert sorted(uids for uids, _ in imports) == sorted(s.study_instance_uid for s in studies)
+    assert {user for _, user in imports} == {f"system:cli:{getpass.getuser()}"}
 
     again = run_cli(data_dir, "import", str(root))
 
