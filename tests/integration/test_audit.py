@@ -15,9 +15,7 @@ naming its seq.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import getpass
-import ipaddress
 import json
 import os
 import re
@@ -31,10 +29,6 @@ from typing import Any
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from dicomweb_client.api import DICOMwebClient
 from fhir.resources.R4B.bundle import Bundle
 from lxml import etree
@@ -44,6 +38,7 @@ from openvna.index.database import create_index_engine
 from openvna.sample import GeneratedStudy
 from openvna.security.audit.store import AuditRecord, records_after
 from openvna.security.audit.xml import SCHEMA_PATH
+from openvna.security.certificates import create_ca, issue_certificate
 from tests.conftest import (
     ArchiveProcess,
     StoreSCP,
@@ -69,62 +64,13 @@ _FRAME = re.compile(
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "audit test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+    """A CA and a server certificate for 127.0.0.1 signed by it, made by the archive's own
+    ``openvna tls`` helpers: (ca, cert, key)."""
+    ca = create_ca(directory / "ca", days=1, name="audit test CA")
+    server = issue_certificate(
+        directory / "ca", "audit-repository", directory / "server", alternative_names=["127.0.0.1"]
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "audit repository")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_path, cert_path, key_path = (directory / name for name in ("ca.pem", "cert.pem", "key.pem"))
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca_path, cert_path, key_path
+    return ca.certificate, server.certificate, server.private_key
 
 
 class SyslogReceiver:
